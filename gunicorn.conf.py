@@ -19,6 +19,8 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # The app logs each request's outcome itself, so gunicorn's access log is off unless asked for.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
+# The runtime control socket is a management surface this service does not use.
+control_socket_disable = True
 # Only Trackunit's callback has a body, and it is small.
 limit_request_line = 4094
 limit_request_fields = 100

@@ -6,9 +6,12 @@ and enters refresh-ahead at 4540 - 0.1 * 3540 = 4186.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from broker.config import ConfigError, load_settings
+from conftest import TOKEN_URL
 from token_helpers import FakeTokenEndpoint, ManualExecutor, install, new_account, token
 
 REFRESH_AT = 4186.0
@@ -155,3 +158,70 @@ def test_real_thread_pool_refreshes(make_app, settings, endpoint, clock):
 def test_fraction_setting_validated(base_env, raw):
     with pytest.raises(ConfigError, match="TOKEN_REFRESH_AHEAD_FRACTION"):
         load_settings({**base_env, "TOKEN_REFRESH_AHEAD_FRACTION": raw})
+
+
+@pytest.fixture
+def blocking_endpoint(trackunit):
+    """An endpoint whose calls from number `block_from` (0-based) on wait for `release`."""
+    fake = FakeTokenEndpoint()
+    fake.register("client-a", "secret-0123456789", {"account.asset.manage", "asset.view"})
+    fake.block_from = 1
+    fake.entered = threading.Event()
+    fake.release = threading.Event()
+
+    def answer(request, context):
+        if len(fake.calls) >= fake.block_from:
+            fake.entered.set()
+            fake.release.wait(10)
+        return fake._answer(request, context)
+
+    trackunit.register_uri("POST", TOKEN_URL, json=answer)
+    yield fake
+    fake.release.set()
+
+
+def test_callers_served_while_refresh_blocks(make_app, settings, blocking_endpoint, clock):
+    app = make_app(settings, executor=None)
+    client = app.test_client()
+    account = new_account()
+    install(client, account, "client-a")
+    old = token(client, account).json["access_token"]
+    clock.now = REFRESH_AT
+
+    first = token(client, account)
+    assert blocking_endpoint.entered.wait(5)
+    during = [token(client, account) for _ in range(20)]
+    blocking_endpoint.release.set()
+    app.extensions["broker"].tokens.close()
+    after = token(client, account)
+
+    assert first.json["access_token"] == old
+    assert {reply.json["access_token"] for reply in during} == {old}
+    assert after.json["access_token"] != old
+    assert len(blocking_endpoint.calls) == 2
+
+
+def test_cold_misses_share_one_fetch(make_app, settings, blocking_endpoint):
+    app = make_app(settings, executor=ManualExecutor())
+    client = app.test_client()
+    account = new_account()
+    install(client, account, "client-a")
+    blocking_endpoint.block_from = 0
+    results: list = []
+
+    def request_token():
+        results.append(token(app.test_client(), account))
+
+    leader = threading.Thread(target=request_token)
+    leader.start()
+    assert blocking_endpoint.entered.wait(5)
+    followers = [threading.Thread(target=request_token) for _ in range(9)]
+    for thread in followers:
+        thread.start()
+    blocking_endpoint.release.set()
+    for thread in [leader, *followers]:
+        thread.join(10)
+
+    assert [reply.status_code for reply in results] == [200] * 10
+    assert len({reply.json["access_token"] for reply in results}) == 1
+    assert len(blocking_endpoint.calls) == 1

@@ -106,9 +106,24 @@ def private_bao(tmp_path: Path):
 
 
 @pytest.fixture
-def private_client(make_app, base_env, private_bao):
-    env = {**base_env, "VAULT_ADDR": private_bao.addr, "VAULT_TOKEN": private_bao.root_token, "VAULT_TIMEOUT": "1"}
-    return make_app(load_settings(env), executor=ManualExecutor()).test_client()
+def private_executor() -> ManualExecutor:
+    return ManualExecutor()
+
+
+@pytest.fixture
+def private_settings(base_env, private_bao):
+    env = {
+        **base_env,
+        "VAULT_ADDR": private_bao.addr,
+        "VAULT_TOKEN": private_bao.root_token,
+        "VAULT_TIMEOUT": "1",
+    }
+    return load_settings(env)
+
+
+@pytest.fixture
+def private_client(make_app, private_settings, private_executor):
+    return make_app(private_settings, executor=private_executor).test_client()
 
 
 # Token endpoint failing
@@ -224,6 +239,32 @@ def test_vault_sealed_then_recovers(private_client, private_bao, endpoint, clock
     assert f"Could not check account {account} in Vault" in caplog.text
     assert after_miss.status_code == 404
     assert after.json["access_token"] == old
+
+
+def test_checks_resume_after_vault_returns(
+    private_client, private_bao, private_settings, private_executor, endpoint, clock
+):
+    account = new_account()
+    install(private_client, account, "client-a")
+    old = token(private_client, account).json["access_token"]
+    private_bao.seal()
+    clock.advance(60)
+    token(private_client, account)
+
+    private_bao.unseal()
+    endpoint.register("client-b", "secret-0123456789", REQUIRED)
+    private_bao.client().secrets.kv.v2.create_or_update_secret(
+        path=f"{private_settings.vault_kv_prefix}/{account}",
+        secret={"clientId": "client-b", "clientSecret": "secret-0123456789"},
+        mount_point="secret",
+    )
+    clock.advance(private_settings.token_refresh_retry_seconds)
+    token(private_client, account)
+    private_executor.run_all()
+    reply = token(private_client, account)
+
+    assert reply.json["access_token"] != old
+    assert reply.json["access_token"].startswith("token-client-b-")
 
 
 # Rejected credentials

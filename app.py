@@ -182,9 +182,9 @@ def _appinstall() -> tuple[Response, int]:
 def _token(account_id: str) -> Response:
     """Return a valid access token for the account to an internal caller.
 
-    Query parameters: `scope` (space-separated subset of the configured scopes; absent
-    means every scope the account granted), `min_ttl` (seconds the token must still be
-    valid) and `refresh` (true to skip the cached token).
+    Query parameters: `scope` is a space-separated subset of the configured scopes, and
+    without it the token covers every scope the account granted. `min_ttl` is the number
+    of seconds the token must still be valid. `refresh=true` skips the cached token.
     """
     services = _services()
     require_internal_key(request.headers.get("Authorization"), services.settings.internal_api_keys)

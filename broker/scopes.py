@@ -13,7 +13,7 @@ import threading
 
 from .errors import InvalidRequest
 
-# Longest unknown scope echoed in an error message; the rest is cut.
+# Maximum length of an unknown scope quoted in an error message. Longer names are cut.
 _MAX_ECHOED_LENGTH = 64
 # Distinct raw `scope` strings whose canonical form is remembered.
 _MAX_REMEMBERED_FORMS = 1024

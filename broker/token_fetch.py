@@ -3,7 +3,7 @@
 A fetch never touches the cache. It returns a FetchOutcome that TokenBroker applies
 under its lock, so the rules for what gets cached live in one place.
 
-Learning refused optional scopes: when the endpoint answers `invalid_scope` for a set
+Learning refused optional scopes: when the endpoint returns `invalid_scope` for a set
 that contains optional scopes, the fetch retries once with the required scopes only.
 If that succeeds and the set held one optional scope, that scope is the refused one.
 With several, each optional scope is tried alone next to the required ones, so the
@@ -36,7 +36,7 @@ class FetchOutcome:
     """The result of one fetch, for TokenBroker to apply.
 
     `version` is the KV version read, None when Vault failed or the account has no
-    credentials (`not_installed`). `extra` holds tokens minted while learning refusals,
+    credentials (`not_installed`). `extra` contains tokens minted while learning refusals,
     keyed by their explicit scope set. `refused` is set when refusals were learned.
     `rejected` is set when the endpoint rejected the credentials.
     """
@@ -146,7 +146,7 @@ class TokenFetcher:
         )
         return CachedToken(
             access_token=issued.access_token,
-            # An answer without `scope` grants exactly the requested set (RFC 6749 5.1).
+            # A response without `scope` grants exactly the requested set (RFC 6749 5.1).
             scope=issued.scope or " ".join(scopes),
             issued_at=requested_at,
             expires_at=expires_at,
@@ -169,7 +169,7 @@ class TokenFetcher:
         required = self._policy.required
         tried = self._policy.optional_in(scopes)
         log.info(
-            "Token endpoint answered invalid_scope for account %s; retrying with the "
+            "Token endpoint returned invalid_scope for account %s; retrying with the "
             "required scopes only",
             account_id,
         )
@@ -178,7 +178,7 @@ class TokenFetcher:
         except BrokerError as exc:
             if isinstance(exc, UpstreamRejected) and exc.details.get("oauth_error") == "invalid_scope":
                 log.error(
-                    "Token endpoint refused the required scopes of account %s; "
+                    "Token endpoint rejected the required scopes of account %s; "
                     "check TRACKUNIT_SCOPES against the app manifest",
                     account_id,
                 )

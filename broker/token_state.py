@@ -55,7 +55,7 @@ class TokenGrant:
 
 @dataclass(slots=True)
 class AccountFacts:
-    """What this process knows about one account's installation, and when it last checked.
+    """Facts this process learned about one account's installation, and when it last checked.
 
     `validated_at` is the clock reading just before the latest Vault read that returned
     `kv_version`. Learned refusals and the invalid_client back-off belong to that

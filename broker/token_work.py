@@ -61,7 +61,10 @@ class TokenWorker:
     def run_fetch(
         self, key: CacheKey, flight: Flight, epoch: int, known: AccountFacts | None
     ) -> FetchOutcome:
-        """Fetch for `key`, apply the outcome and wake the waiters. Never raises."""
+        """Fetch for `key`, apply the outcome and wake the waiters.
+
+        Errors of the fetch, even unexpected ones, go into the outcome and the flight.
+        """
         try:
             outcome = self._fetcher.fetch(key[0], key[1], known)
         except Exception:
@@ -129,7 +132,10 @@ class TokenWorker:
         background.append(partial(self.check, account_id, step.flight, step.epoch))
 
     def check(self, account_id: str, flight: Flight, epoch: int) -> None:
-        """Read the account's KV version and drop its entries if it changed. Never raises."""
+        """Read the account's KV version and drop its entries if it changed.
+
+        Errors of the read, even unexpected ones, are logged and put into the flight.
+        """
         started = self._clock()
         version: int | None = None
         error: BrokerError | None = None

@@ -160,7 +160,7 @@ class TokenBroker:
         self._worker.close()
 
     def _get_slow(self, key: CacheKey, min_ttl: int, force_refresh: bool) -> TokenGrant:
-        """Serve, check coherence, or fetch, as _decide says; runs at most one check."""
+        """Serve, check coherence or fetch, as _decide chooses, with at most one check."""
         checked = False
         while True:
             now = self._clock()
@@ -206,7 +206,7 @@ class TokenBroker:
 
         usable = entry is not None and not force_refresh and entry.expires_at - now >= min_ttl
         if facts is not None and not checked and table.facts_expired(facts, now):
-            # Check only when the answer would come from what this process remembers.
+            # Check only when the response would come from what this process remembers.
             if usable or facts.refused or facts.rejection is not None:
                 if not facts.check_failing:
                     return self._worker.check_step(account_id)
@@ -293,7 +293,7 @@ class TokenBroker:
 
 
 def _may_fall_back(error: BrokerError) -> bool:
-    """Tell whether a failed fetch may be answered with the still-valid cached token."""
+    """Tell whether the still-valid cached token may stand in for a failed fetch."""
     if isinstance(error, UpstreamRejected):
         return False
     return isinstance(error, (VaultUnavailable, UpstreamError))

@@ -5,7 +5,7 @@
 
 run_service() starts `gunicorn -c gunicorn.conf.py wsgi:app` from the repository root on
 a free 127.0.0.1 port, with only PATH, HOME and the given variables in its environment,
-waits until GET /healthz answers 200, and on exit stops the master with SIGTERM (then
+waits until GET /healthz returns 200, and on exit stops the master with SIGTERM (then
 SIGKILL after a grace period). gunicorn's output goes to a log file whose text is
 available as `service.log_text()`, and is shown in the error when start-up fails.
 """
@@ -66,7 +66,7 @@ def run_service(
 ) -> Iterator[ServiceProcess]:
     """Run the service with `env` until the block ends; raise RuntimeError if it never gets ready.
 
-    `env` holds the service's settings (VAULT_ADDR, INTERNAL_API_KEYS ...). GUNICORN_BIND,
+    `env` contains the service's settings (VAULT_ADDR, INTERNAL_API_KEYS ...). GUNICORN_BIND,
     GUNICORN_WORKERS and GUNICORN_THREADS are set from the arguments.
     """
     port = port or free_loopback_port()

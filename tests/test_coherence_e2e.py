@@ -62,13 +62,13 @@ def install(service, account_id: str, client_id: str) -> None:
 
 
 def fetch(service, account_id: str) -> requests.Response:
-    """GET the account's token on a new connection, so any worker may answer."""
+    """GET the account's token on a new connection, so any worker may handle it."""
     return requests.get(service.url(f"/token/{account_id}"), headers=AUTH, timeout=10)
 
 
 def tokens_of_all_workers(service, account_id: str, workers: int) -> set[str]:
     """Request tokens in concurrent bursts until `workers` distinct ones show that every
-    worker answered; return them. A single client tends to reach the same worker, so
+    worker responded; return them. A single client tends to reach the same worker, so
     the bursts make the workers race for the connections.
     """
     seen: set[str] = set()

@@ -50,7 +50,7 @@ def account(client, endpoint) -> str:
 
 
 class SealableBao(OpenBao):
-    """A private OpenBao dev server whose unseal key the test knows."""
+    """A private OpenBao dev server with a known unseal key, so tests can seal and unseal it."""
 
     def __init__(self, addr, root_token, process, unseal_key):
         super().__init__(addr, root_token, process)
@@ -63,12 +63,10 @@ class SealableBao(OpenBao):
         self.client().sys.submit_unseal_key(self.unseal_key)
 
 
-@pytest.fixture
-def private_bao(tmp_path: Path):
-    """An OpenBao dev server of this test's own, so the test may stop or seal it."""
+def start_sealable_bao(output: Path) -> SealableBao:
+    """Start an OpenBao dev server on loopback, logging to `output`, and wait until it is ready."""
     port = free_port()
     root_token = secrets.token_urlsafe(24)
-    output = tmp_path / "bao.out"
     with open(output, "wb") as sink:
         process = subprocess.Popen(
             [
@@ -85,23 +83,38 @@ def private_bao(tmp_path: Path):
             env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")},
         )
     addr = f"http://127.0.0.1:{port}"
-    wait_until_listening(addr, process)
-    deadline = time.monotonic() + 30
-    match = None
-    while match is None and time.monotonic() < deadline:
-        match = re.search(r"Unseal Key: (\S+)", output.read_text(errors="replace"))
-        if match is None:
-            time.sleep(0.05)
-    assert match is not None, "the OpenBao dev server printed no unseal key"
-    bao = SealableBao(addr, root_token, process, match.group(1))
-    while time.monotonic() < deadline:
-        try:
-            bao.client().secrets.kv.v2.read_configuration(mount_point="secret")
-            break
-        except (hvac.exceptions.VaultError, requests.RequestException):
-            time.sleep(0.05)
+    bao = SealableBao(addr, root_token, process, unseal_key="")
+
+    try:
+        wait_until_listening(addr, process)
+        deadline = time.monotonic() + 30
+        while not bao.unseal_key and time.monotonic() < deadline:
+            match = re.search(r"Unseal Key: (\S+)", output.read_text(errors="replace"))
+            if match is None:
+                time.sleep(0.05)
+            else:
+                bao.unseal_key = match.group(1)
+        if not bao.unseal_key:
+            raise RuntimeError("the OpenBao dev server printed no unseal key")
+
+        while time.monotonic() < deadline:
+            try:
+                bao.client().secrets.kv.v2.read_configuration(mount_point="secret")
+                return bao
+            except (hvac.exceptions.VaultError, requests.RequestException):
+                time.sleep(0.05)
+        raise RuntimeError("the OpenBao dev server did not become ready")
+    except BaseException:
+        stop_openbao(bao)
+        raise
+
+
+@pytest.fixture
+def private_bao(tmp_path: Path):
+    """An OpenBao dev server of this test's own, so the test may stop or seal it."""
+    bao = start_sealable_bao(tmp_path / "bao.out")
     yield bao
-    if process.poll() is None:
+    if bao.process.poll() is None:
         stop_openbao(bao)
 
 

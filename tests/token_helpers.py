@@ -1,6 +1,6 @@
 """Helpers for the token cache tests: a scripted token endpoint, a manual executor, installs.
 
-FakeTokenEndpoint answers on the requests-mock adapter from conftest's `trackunit`
+FakeTokenEndpoint responds on the requests-mock adapter from conftest's `trackunit`
 fixture the way Trackunit's apptoken endpoint does, and records every call.
 """
 
@@ -28,7 +28,7 @@ class TokenCall:
 class FakeTokenEndpoint:
     """A scripted apptoken endpoint. `granted` maps client ids to the scopes they may get.
 
-    `failure` makes every call answer with that HTTP status (500, 503 ...) until cleared.
+    `failure` makes every call fail with that HTTP status (500, 503 ...) until cleared.
     An unknown client or wrong secret gets 401 invalid_client, a scope outside the
     client's grant gets 400 invalid_scope.
     """

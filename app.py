@@ -274,7 +274,8 @@ def _min_ttl(maximum: int) -> int:
         return 0
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or int(raw) > maximum:
         raise InvalidRequest(
-            f"min_ttl must be a whole number of seconds from 0 to {maximum}", field="min_ttl"
+            f"min_ttl must be a whole number of seconds from 0 to {maximum}, not {raw[:20]!r}",
+            field="min_ttl",
         )
     return int(raw)
 

@@ -177,6 +177,8 @@ class TokenFetcher:
             outcome.extra[required] = self.issue(account_id, credentials, required)
         except BrokerError as exc:
             if isinstance(exc, UpstreamRejected) and exc.details.get("oauth_error") == "invalid_scope":
+                # NOTE: nothing is remembered here, so while TRACKUNIT_SCOPES is wrong every
+                # request for the account costs two calls to the token endpoint.
                 log.error(
                     "Token endpoint rejected the required scopes of account %s; "
                     "check TRACKUNIT_SCOPES against the app manifest",

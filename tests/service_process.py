@@ -6,8 +6,9 @@
 run_service() starts `gunicorn -c gunicorn.conf.py wsgi:app` from the repository root on
 a free 127.0.0.1 port, with only PATH, HOME and the given variables in its environment,
 waits until GET /healthz returns 200, and on exit stops the master with SIGTERM (then
-SIGKILL after a grace period). gunicorn's output goes to a log file whose text is
-available as `service.log_text()`, and is shown in the error when start-up fails.
+SIGKILL after a grace period). gunicorn's output goes to `log_path`, or to a temporary
+file that is deleted on exit. Read it with `service.log_text()` inside the block. The
+error raised when start-up fails shows its end.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def run_service(
     GUNICORN_WORKERS and GUNICORN_THREADS are set from the arguments.
     """
     port = port or free_loopback_port()
+    temporary_log = log_path is None
     if log_path is None:
         handle, name = tempfile.mkstemp(prefix="iris-token-broker-", suffix=".log")
         os.close(handle)
@@ -98,6 +100,8 @@ def run_service(
         yield service
     finally:
         _stop(process)
+        if temporary_log:
+            log_path.unlink(missing_ok=True)
 
 
 def _wait_until_healthy(service: ServiceProcess, timeout: float) -> None:

@@ -4,9 +4,9 @@
         requests.get(service.url("/healthz"), timeout=5)
 
 run_service() starts `gunicorn -c gunicorn.conf.py wsgi:app` from the repository root on
-a free 127.0.0.1 port, with only PATH, HOME and the given variables in its environment,
-waits until GET /healthz returns 200, and on exit stops the master with SIGTERM (then
-SIGKILL after a grace period). gunicorn's output goes to `log_path`, or to a temporary
+a free 127.0.0.1 port. Its environment contains only PATH, HOME and the given variables.
+The helper waits until GET /healthz returns 200. On exit it stops the master with
+SIGTERM, then SIGKILL after a grace period. gunicorn's output goes to `log_path`, or to a temporary
 file that is deleted on exit. Read it with `service.log_text()` inside the block. The
 error raised when start-up fails shows its end.
 """
@@ -119,7 +119,7 @@ def _wait_until_healthy(service: ServiceProcess, timeout: float) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(
-        f"gunicorn did not answer /healthz within {timeout:g} s:\n" + service.log_text()[-4000:]
+        f"gunicorn did not respond to /healthz within {timeout:g} s:\n" + service.log_text()[-4000:]
     )
 
 

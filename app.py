@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +28,7 @@ from broker.errors import (
 )
 from broker.install import EVENT_INSTALLED, canonical_account_id, parse_install_event
 from broker.internal_auth import require_internal_key
+from broker.scopes import ScopePolicy
 from broker.tokens import TokenBroker
 from broker.trackunit import TokenClient
 from broker.vault_auth import make_authenticator, make_vault_client
@@ -52,8 +54,10 @@ def create_app(
     http_session: requests.Session | None = None,
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], None] | None = None,
+    executor: Executor | None = None,
 ) -> Flask:
-    """Build the app. Tests pass settings, a requests session and a fake clock and sleep.
+    """Build the app. Tests pass settings, a requests session, a fake clock and sleep,
+    and an executor for the token cache's background refreshes.
 
     Raises ConfigError when settings come from the environment and one is invalid.
     """
@@ -62,7 +66,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.install_max_body_bytes
     app.json.sort_keys = False
 
-    app.extensions["broker"] = _build_services(settings, http_session, clock, sleep)
+    app.extensions["broker"] = _build_services(settings, http_session, clock, sleep, executor)
     _register_routes(app, settings)
     app.register_error_handler(BrokerError, _broker_error_response)
     app.register_error_handler(HTTPException, _http_error_response)
@@ -75,6 +79,7 @@ def _build_services(
     http_session: requests.Session | None,
     clock: Callable[[], float] | None,
     sleep: Callable[[float], None] | None,
+    executor: Executor | None,
 ) -> Services:
     vault_client = make_vault_client(settings)
     store = CredentialStore(
@@ -105,10 +110,16 @@ def _build_services(
     tokens = TokenBroker(
         store,
         token_client,
-        scopes=settings.trackunit_scopes,
+        scopes=ScopePolicy(settings.trackunit_scopes, settings.trackunit_optional_scopes),
         expiry_margin=settings.token_expiry_margin,
         max_size=settings.token_cache_size,
         wait_timeout=wait_timeout,
+        refresh_ahead_fraction=settings.token_refresh_ahead_fraction,
+        refresh_retry_seconds=settings.token_refresh_retry_seconds,
+        coherence_seconds=settings.token_coherence_seconds,
+        invalid_client_backoff=settings.token_invalid_client_backoff,
+        refresh_workers=settings.token_refresh_workers,
+        executor=executor,
         **broker_options,
     )
     return Services(settings=settings, store=store, tokens=tokens)
@@ -169,7 +180,12 @@ def _appinstall() -> tuple[Response, int]:
 
 
 def _token(account_id: str) -> Response:
-    """Return a valid access token for the account to an internal caller."""
+    """Return a valid access token for the account to an internal caller.
+
+    Query parameters: `scope` is a space-separated subset of the configured scopes, and
+    without it the token covers every scope the account granted. `min_ttl` is the number
+    of seconds the token must still be valid. `refresh=true` skips the cached token.
+    """
     services = _services()
     require_internal_key(request.headers.get("Authorization"), services.settings.internal_api_keys)
     canonical = canonical_account_id(account_id)
@@ -178,9 +194,13 @@ def _token(account_id: str) -> Response:
             "accountId in the path must be a UUID such as 6b5cb246-7945-4bb6-bec5-2a1413ffd1b3",
             field="accountId",
         )
+    scopes = services.tokens.scopes.parse_request(_single_arg("scope"))
+    min_ttl = _min_ttl(services.settings.token_max_lifetime)
     force_refresh = _flag("refresh")
 
-    grant = services.tokens.get(canonical, force_refresh=force_refresh)
+    grant = services.tokens.get(
+        canonical, scopes, min_ttl=min_ttl, force_refresh=force_refresh
+    )
 
     log.info(
         "Served token for account %s (%s, %d s left)",
@@ -238,6 +258,26 @@ def _flag(name: str) -> bool:
     if raw in _FALSE_WORDS:
         return False
     raise InvalidRequest(f"{name} must be true or false", field=name)
+
+
+def _single_arg(name: str) -> str | None:
+    """Return the query parameter's value, None when absent; raise if it is sent twice."""
+    value = request.args.get(name)
+    if value is not None and len(request.args.getlist(name)) > 1:
+        raise InvalidRequest(f"{name} is sent more than once: send it once", field=name)
+    return value
+
+
+def _min_ttl(maximum: int) -> int:
+    raw = _single_arg("min_ttl")
+    if raw is None:
+        return 0
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or int(raw) > maximum:
+        raise InvalidRequest(
+            f"min_ttl must be a whole number of seconds from 0 to {maximum}, not {raw[:20]!r}",
+            field="min_ttl",
+        )
+    return int(raw)
 
 
 def _too_large() -> PayloadTooLarge:

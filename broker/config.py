@@ -54,6 +54,12 @@ class Settings:
     token_default_lifetime: int = 300
     token_max_lifetime: int = 86400
     token_cache_size: int = 100_000
+    trackunit_optional_scopes: tuple[str, ...] = ()
+    token_refresh_ahead_fraction: float = 0.1
+    token_refresh_retry_seconds: float = 5.0
+    token_refresh_workers: int = 4
+    token_coherence_seconds: float = 30.0
+    token_invalid_client_backoff: float = 60.0
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -84,10 +90,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"TOKEN_EXPIRY_MARGIN={margin}, or a token without expires_in could never be served"
         )
 
+    required_scopes = _scopes(env)
+    optional_scopes = _optional_scopes(env, required_scopes)
+
     return Settings(
         vault_addr=env.url("VAULT_ADDR", required=True),
         internal_api_keys=_api_keys(env),
-        trackunit_scopes=_scopes(env),
+        trackunit_scopes=required_scopes,
         vault_token=vault_token,
         vault_auth_method=auth_method,
         vault_k8s_role=k8s_role,
@@ -113,6 +122,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         token_default_lifetime=default_lifetime,
         token_max_lifetime=env.integer("TOKEN_MAX_LIFETIME", 86400, minimum=60, maximum=604800),
         token_cache_size=env.integer("TOKEN_CACHE_SIZE", 100_000, minimum=1, maximum=10_000_000),
+        trackunit_optional_scopes=optional_scopes,
+        token_refresh_ahead_fraction=env.number(
+            "TOKEN_REFRESH_AHEAD_FRACTION", 0.1, minimum=0.0, maximum=0.9
+        ),
+        token_refresh_retry_seconds=env.number(
+            "TOKEN_REFRESH_RETRY_SECONDS", 5.0, minimum=0.1, maximum=600
+        ),
+        token_refresh_workers=env.integer("TOKEN_REFRESH_WORKERS", 4, minimum=1, maximum=64),
+        token_coherence_seconds=env.number(
+            "TOKEN_COHERENCE_SECONDS", 30.0, minimum=0.5, maximum=3600
+        ),
+        token_invalid_client_backoff=env.number(
+            "TOKEN_INVALID_CLIENT_BACKOFF", 60.0, minimum=0.0, maximum=3600
+        ),
         log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         log_format=env.choice("LOG_FORMAT", ("text", "json"), "text"),
     )
@@ -143,15 +166,35 @@ def _scopes(env: _Env) -> tuple[str, ...]:
     raw = env.text("TRACKUNIT_SCOPES")
     if not raw:
         raise ConfigError(
-            "TRACKUNIT_SCOPES is missing: set it to the space-separated scopes of the app "
-            "manifest, for example 'asset.view account.asset.manage'"
+            "TRACKUNIT_SCOPES is missing: set it to the space-separated required scopes of "
+            "the app manifest, for example 'asset.view account.asset.manage'"
         )
+    return _scope_list("TRACKUNIT_SCOPES", raw)
 
+
+def _optional_scopes(env: _Env, required: tuple[str, ...]) -> tuple[str, ...]:
+    """Read TRACKUNIT_OPTIONAL_SCOPES, the manifest's `optional: true` scopes (may be empty)."""
+    raw = env.text("TRACKUNIT_OPTIONAL_SCOPES")
+    if not raw:
+        return ()
+
+    scopes = _scope_list("TRACKUNIT_OPTIONAL_SCOPES", raw)
+    both = sorted(set(scopes) & set(required))
+    if both:
+        raise ConfigError(
+            f"TRACKUNIT_OPTIONAL_SCOPES repeats {' '.join(both)} from TRACKUNIT_SCOPES: list "
+            "each scope once, in TRACKUNIT_SCOPES if required or here if optional"
+        )
+    return scopes
+
+
+def _scope_list(name: str, raw: str) -> tuple[str, ...]:
+    """Split a scope list on spaces or commas into a sorted tuple without duplicates."""
     scopes = sorted(set(raw.replace(",", " ").split()))
     for scope in scopes:
         if not _SCOPE_RE.match(scope):
             raise ConfigError(
-                f"TRACKUNIT_SCOPES contains an invalid scope {scope!r}: use letters, digits "
+                f"{name} contains an invalid scope {scope!r}: use letters, digits "
                 "and '._:-', separated by spaces"
             )
     return tuple(scopes)

@@ -125,6 +125,32 @@ class CredentialStore:
             version=int(metadata.get("version") or 0),
         )
 
+    def current_version(self, account_id: str) -> int | None:
+        """Return the number of the account's latest KV version, or None when it has no live one.
+
+        Reads only the metadata, never the secret. A latest version that is deleted or
+        destroyed counts as none, as in load(). Raises VaultUnavailable when Vault fails.
+        """
+        try:
+            response = self._call(
+                "metadata read",
+                lambda: self._client.secrets.kv.v2.read_secret_metadata(
+                    path=self._path(account_id), mount_point=self._mount
+                ),
+                missing_ok=True,
+            )
+        except _Missing:
+            return None
+
+        data = response.get("data") or {}
+        current = int(data.get("current_version") or 0)
+        if current <= 0:
+            return None
+        latest = (data.get("versions") or {}).get(str(current)) or {}
+        if latest.get("destroyed") or latest.get("deletion_time"):
+            return None
+        return current
+
     def check_ready(self) -> str | None:
         """Return None when Vault is unsealed and our token works, else the reason it is not."""
         try:

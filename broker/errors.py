@@ -60,6 +60,15 @@ class Forbidden(BrokerError, PermissionError):
     code = "forbidden"
 
 
+class ScopeNotGranted(Forbidden):
+    """The account refused an optional scope the request needs. `scope` names the refused ones.
+
+    Not safe to retry unchanged: the customer must grant the scope and install the app again.
+    """
+
+    code = "scope_not_granted"
+
+
 class NotInstalled(BrokerError, LookupError):
     """Vault has no credentials for the account. A normal outcome before an install."""
 

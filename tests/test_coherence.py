@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from broker.config import ConfigError, load_settings
-from token_helpers import FakeTokenEndpoint, ManualExecutor, install, new_account, token
+from tests.token_helpers import FakeTokenEndpoint, ManualExecutor, install, new_account, token
 
 BOUND = 30.0
 REQUIRED = {"account.asset.manage", "asset.view"}

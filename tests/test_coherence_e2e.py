@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import API_KEY, SCOPES
+from tests.conftest import API_KEY, SCOPES
 from sandbox.trackunit_standin import StandinState, start_in_thread
-from service_process import run_service
-from token_helpers import new_account
+from tests.service_process import run_service
+from tests.token_helpers import new_account
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from broker.config import ConfigError, load_settings
-from conftest import TOKEN_URL
-from token_helpers import FakeTokenEndpoint, ManualExecutor, install, new_account, token
+from tests.conftest import TOKEN_URL
+from tests.token_helpers import FakeTokenEndpoint, ManualExecutor, install, new_account, token
 
 REFRESH_AT = 4186.0
 FRESH_UNTIL = 4540.0

@@ -7,7 +7,7 @@ import pytest
 from broker.config import ConfigError, load_settings
 from broker.errors import InvalidRequest
 from broker.scopes import ScopePolicy
-from token_helpers import FakeTokenEndpoint, ManualExecutor, install, new_account, token
+from tests.token_helpers import FakeTokenEndpoint, ManualExecutor, install, new_account, token
 
 REQUIRED = {"account.asset.manage", "asset.view"}
 OPTIONAL = "asset.history fleet.view"

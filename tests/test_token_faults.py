@@ -19,8 +19,8 @@ import pytest
 import requests
 
 from broker.config import load_settings
-from conftest import OpenBao, free_port, stop_openbao
-from token_helpers import FakeTokenEndpoint, ManualExecutor, install, new_account, token
+from tests.conftest import OpenBao, free_port, stop_openbao
+from tests.token_helpers import FakeTokenEndpoint, ManualExecutor, install, new_account, token
 from vault.local_server import bao_binary, wait_until_listening
 
 FRESH_UNTIL = 4540.0

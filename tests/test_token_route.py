@@ -299,7 +299,7 @@ def test_server_errors_back_off_exponentially(client, trackunit, auth_header, in
 
 def test_failed_fetch_not_cached(client, trackunit, auth_header, installed):
     trackunit.register_uri(
-        "POST", TOKEN_URL, [{"status_code": 401, "json": {"error": "invalid_client"}}, {"json": token_reply()}]
+        "POST", TOKEN_URL, [{"status_code": 404, "text": "not here"}, {"json": token_reply()}]
     )
     get_token(client, auth_header)
 

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-from conftest import API_KEY, TOKEN_URL
+from tests.conftest import API_KEY, TOKEN_URL
 
 INSTALL_HEADERS = {"Content-Type": "application/json"}
 

@@ -172,11 +172,28 @@ def http_session(trackunit) -> requests.Session:
 
 
 @pytest.fixture
-def make_app(clock, sleeps, http_session):
-    """Build an app from settings with the fake clock, recorded sleeps and requests-mock."""
+def background():
+    """The executor for background refreshes: tasks wait until the test runs them."""
+    from tests.token_helpers import ManualExecutor
+
+    return ManualExecutor()
+
+
+@pytest.fixture
+def make_app(clock, sleeps, http_session, background):
+    """Build an app from settings with the fake clock, recorded sleeps and requests-mock.
+
+    Background refreshes queue on `background` instead of running, so upstream call
+    counts only change when a test says so.
+    """
 
     def build(settings, **overrides):
-        options = {"clock": clock, "sleep": sleeps.append, "http_session": http_session}
+        options = {
+            "clock": clock,
+            "sleep": sleeps.append,
+            "http_session": http_session,
+            "executor": background,
+        }
         options.update(overrides)
         return create_app(settings, **options)
 

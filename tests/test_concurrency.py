@@ -55,7 +55,8 @@ def test_churning_cache_raises_nothing(make_app, settings, trackunit, auth_heade
         with lock:
             return next(ticks) * 0.0002
 
-    app = make_app(with_settings(settings, token_expiry_margin=0), clock=ticking_clock)
+    # Real background threads: requests join the refreshes they start.
+    app = make_app(with_settings(settings, token_expiry_margin=0), clock=ticking_clock, executor=None)
     setup = app.test_client()
     accounts = [str(uuid.uuid4()) for _ in range(50)]
     for account in accounts:

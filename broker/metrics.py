@@ -105,7 +105,7 @@ def record_vault(operation: str, seconds: float, error_reason: str | None = None
 
 
 def record_callback(event_type: str | None, outcome: str) -> None:
-    """Count one install callback. An unparsed body has the type 'none'."""
+    """Count one install callback. A body that failed validation has the type 'none'."""
     if event_type is None:
         label = "none"
     elif event_type in _KNOWN_CALLBACK_TYPES:
@@ -118,7 +118,7 @@ def record_callback(event_type: str | None, outcome: str) -> None:
 def render() -> tuple[bytes, str]:
     """Return the exposition text of every metric and its content type.
 
-    In multiprocess mode the values come from all workers' files, so any worker can answer.
+    In multiprocess mode the values come from all workers' files, so any worker can serve them.
     """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

@@ -16,7 +16,7 @@ import requests
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from broker import metrics, request_id
+from broker import cli, metrics, request_id
 from broker.config import Settings, load_settings
 from broker.credentials import CredentialStore
 from broker.errors import (
@@ -71,6 +71,7 @@ def create_app(
 
     app.extensions["broker"] = _build_services(settings, http_session, clock, sleep)
     request_id.init_app(app)
+    cli.init_app(app)
     _register_routes(app, settings)
     app.after_request(_record_metrics)
     app.register_error_handler(BrokerError, _broker_error_response)

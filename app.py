@@ -16,7 +16,7 @@ import requests
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from broker import cli, metrics, request_id
+from broker import cli, metrics, openapi, request_id
 from broker.config import Settings, load_settings
 from broker.credentials import CredentialStore
 from broker.errors import (
@@ -136,6 +136,7 @@ def _register_routes(app: Flask, settings: Settings) -> None:
     app.add_url_rule("/healthz", "healthz", _healthz, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", _readyz, methods=["GET"])
     app.add_url_rule("/metrics", "metrics", _metrics, methods=["GET"])
+    app.add_url_rule("/openapi.json", "openapi", _openapi, methods=["GET"])
 
 
 def _appinstall() -> tuple[Response, int]:
@@ -257,6 +258,13 @@ def _metrics() -> Response:
     require_internal_key(request.headers.get("Authorization"), _services().settings.internal_api_keys)
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)
+
+
+def _openapi() -> Response:
+    """Return the OpenAPI document of this service to an internal caller."""
+    services = _services()
+    require_internal_key(request.headers.get("Authorization"), services.settings.internal_api_keys)
+    return jsonify(openapi.build_document(services.settings.appinstall_path))
 
 
 def _record_metrics(response: Response) -> Response:

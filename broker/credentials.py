@@ -137,10 +137,14 @@ class CredentialStore:
         if history is None or not history.installed:
             return None
 
+        # Deleting the version by number (POST <mount>/delete/<path>) rather than "the
+        # latest" leaves alone a newer version that a concurrent install may have written.
         self._call(
             "delete",
-            lambda: self._client.secrets.kv.v2.delete_latest_version_of_secret(
-                path=self._path(account_id), mount_point=self._mount
+            lambda: self._client.secrets.kv.v2.delete_secret_versions(
+                path=self._path(account_id),
+                versions=[history.current_version],
+                mount_point=self._mount,
             ),
         )
         return history.current_version
@@ -178,7 +182,7 @@ class CredentialStore:
         An entry whose latest version is deleted is still listed. Use history() for its state.
         """
         # NOTE: one LIST request without pagination returns every key at once. The tests
-        # list at most a few hundred accounts, so very large prefixes are untested.
+        # list about a hundred accounts, so much larger prefixes are untested.
         try:
             response = self._call(
                 "list",

@@ -142,6 +142,9 @@ class StandinServer(ThreadingHTTPServer):
     """The stand-in HTTP server. `state` is shared with the code that started it."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections when many clients connect at
+    # once, and a dropped SYN is retried only after about 1 s, which looks like a timeout.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], state: StandinState | None = None):
         super().__init__(address, _Handler)

@@ -45,8 +45,17 @@ def on_starting(server):
         print(f"iris-token-broker: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
 
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if not os.path.isdir(metrics_dir):
+        print(
+            f"iris-token-broker: configuration error: PROMETHEUS_MULTIPROC_DIR={metrics_dir!r} "
+            "is not a directory: create it, or unset it so a temporary one is used",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
     # Values left by an earlier run would be added to this run's counters.
-    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+    for path in glob.glob(os.path.join(metrics_dir, "*.db")):
         os.remove(path)
 
 

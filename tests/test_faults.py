@@ -370,3 +370,23 @@ def test_hanging_vault_is_bounded(make_app, settings, auth_header):
     assert "timed out" in token.get_json()["message"]
     assert ready.status_code == 503
     assert elapsed < 3
+
+
+def test_missing_metrics_dir_stops_startup(bao, standin, tmp_path):
+    service = ServiceProcess(
+        {
+            "VAULT_ADDR": bao.addr,
+            "VAULT_TOKEN": "unused-token",
+            "INTERNAL_API_KEYS": API_KEY,
+            "TRACKUNIT_SCOPES": SCOPES,
+            "TRACKUNIT_TOKEN_URL": standin.token_url,
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing"),
+        },
+        tmp_path / "service.log",
+    )
+
+    with pytest.raises(RuntimeError, match="gunicorn exited with 2"):
+        service.start()
+
+    assert "PROMETHEUS_MULTIPROC_DIR=" in service.log()
+    assert "is not a directory" in service.log()

@@ -1,7 +1,7 @@
 """Fault tests against real processes: OpenBao with raft storage, gunicorn and the stand-in.
 
-Everything binds to loopback. The service gets VAULT_TIMEOUT=1 and TRACKUNIT_TIMEOUT=1 so
-each fault shows within seconds. Tests that rely on one process's token cache run one
+Everything binds to loopback. The service gets VAULT_TIMEOUT=3 and TRACKUNIT_TIMEOUT=3, short
+enough that each fault shows within seconds and long enough for a loaded CI machine. Tests that rely on one process's token cache run one
 gunicorn worker, because each worker has its own cache.
 """
 
@@ -71,11 +71,11 @@ def start_service(bao, standin, tmp_path):
                 "VAULT_ADDR": bao.addr,
                 "VAULT_TOKEN": vault_token or bao.service_token(),
                 "VAULT_KV_PREFIX": KV_PREFIX,
-                "VAULT_TIMEOUT": "1",
+                "VAULT_TIMEOUT": "3",
                 "INTERNAL_API_KEYS": API_KEY,
                 "TRACKUNIT_SCOPES": SCOPES,
                 "TRACKUNIT_TOKEN_URL": standin.token_url,
-                "TRACKUNIT_TIMEOUT": "1",
+                "TRACKUNIT_TIMEOUT": "3",
                 "LOG_FORMAT": "json",
                 **env,
             },
@@ -180,7 +180,7 @@ def test_revoked_vault_token_serves_cache(bao, standin, start_service):
 
 
 def test_hanging_token_endpoint_is_bounded(standin, start_service):
-    service = start_service()
+    service = start_service(TRACKUNIT_TIMEOUT="1")
     account_id = _new_account()
     _install(service, standin, account_id)
     standin.state.hang()

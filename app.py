@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import requests
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from broker import cli, metrics, openapi, request_id
 from broker.config import Settings, load_settings
 from broker.credentials import CredentialStore
 from broker.errors import (
@@ -26,7 +27,13 @@ from broker.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from broker.install import EVENT_INSTALLED, canonical_account_id, parse_install_event
+from broker.install import (
+    EVENT_INSTALLED,
+    EVENT_UNINSTALLED,
+    InstallEvent,
+    canonical_account_id,
+    parse_install_event,
+)
 from broker.internal_auth import require_internal_key
 from broker.scopes import ScopePolicy
 from broker.tokens import TokenBroker
@@ -67,7 +74,10 @@ def create_app(
     app.json.sort_keys = False
 
     app.extensions["broker"] = _build_services(settings, http_session, clock, sleep, executor)
+    request_id.init_app(app)
+    cli.init_app(app)
     _register_routes(app, settings)
+    app.after_request(_record_metrics)
     app.register_error_handler(BrokerError, _broker_error_response)
     app.register_error_handler(HTTPException, _http_error_response)
     app.register_error_handler(Exception, _unexpected_error_response)
@@ -136,6 +146,8 @@ def _register_routes(app: Flask, settings: Settings) -> None:
     app.add_url_rule("/token/<path:account_id>", "token", _token, methods=["GET"])
     app.add_url_rule("/healthz", "healthz", _healthz, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", _readyz, methods=["GET"])
+    app.add_url_rule("/metrics", "metrics", _metrics, methods=["GET"])
+    app.add_url_rule("/openapi.json", "openapi", _openapi, methods=["GET"])
 
 
 def _appinstall() -> tuple[Response, int]:
@@ -144,6 +156,7 @@ def _appinstall() -> tuple[Response, int]:
     body = _read_json_body()
 
     event = parse_install_event(body)
+    g.callback_type = event.type
     expected_app = services.settings.iris_app_id
     if expected_app and event.iris_app_id != expected_app:
         log.warning(
@@ -158,6 +171,8 @@ def _appinstall() -> tuple[Response, int]:
             field="irisAppId",
         )
 
+    if event.type == EVENT_UNINSTALLED:
+        return _uninstall(services, event)
     if event.type != EVENT_INSTALLED:
         log.info("Ignored callback of type %r for account %s", event.type, event.account_id)
         return jsonify(status="ignored", type=event.type, accountId=event.account_id), 202
@@ -179,6 +194,27 @@ def _appinstall() -> tuple[Response, int]:
     return jsonify(status="installed", accountId=event.account_id, version=version), 200
 
 
+def _uninstall(services: Services, event: InstallEvent) -> tuple[Response, int]:
+    """Soft-delete the account's latest credentials and drop its cached tokens.
+
+    Idempotent: an account with no live credentials gets 200 `not_installed`.
+    The deleted version stays in Vault, so an operator can undelete it.
+    """
+    version = services.store.delete_latest(event.account_id)
+    evicted = services.tokens.evict(event.account_id)
+
+    if version is None:
+        log.info("Uninstall for account %s: no live credentials to delete", event.account_id)
+        return jsonify(status="not_installed", accountId=event.account_id), 200
+    log.info(
+        "Uninstalled account %s: deleted version %d (%d cached token(s) dropped)",
+        event.account_id,
+        version,
+        evicted,
+    )
+    return jsonify(status="uninstalled", accountId=event.account_id, version=version), 200
+
+
 def _token(account_id: str) -> Response:
     """Return a valid access token for the account to an internal caller.
 
@@ -198,9 +234,14 @@ def _token(account_id: str) -> Response:
     min_ttl = _min_ttl(services.settings.token_max_lifetime)
     force_refresh = _flag("refresh")
 
-    grant = services.tokens.get(
-        canonical, scopes, min_ttl=min_ttl, force_refresh=force_refresh
-    )
+    try:
+        grant = services.tokens.get(
+            canonical, scopes, min_ttl=min_ttl, force_refresh=force_refresh
+        )
+    except BrokerError:
+        metrics.record_cache_lookup(hit=False)
+        raise
+    metrics.record_cache_lookup(hit=grant.cache_hit)
 
     log.info(
         "Served token for account %s (%s, %d s left)",
@@ -230,6 +271,34 @@ def _readyz() -> tuple[Response, int]:
     if reason is not None:
         return jsonify(status="unavailable", reason=reason), 503
     return jsonify(status="ready"), 200
+
+
+def _metrics() -> Response:
+    """Return the Prometheus metrics of every worker process to an internal caller."""
+    require_internal_key(request.headers.get("Authorization"), _services().settings.internal_api_keys)
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
+
+
+def _openapi() -> Response:
+    """Return the OpenAPI document of this service to an internal caller."""
+    services = _services()
+    require_internal_key(request.headers.get("Authorization"), services.settings.internal_api_keys)
+    return jsonify(openapi.build_document(services.settings.appinstall_path))
+
+
+def _record_metrics(response: Response) -> Response:
+    """Count the outcome of a token request or an install callback from its response."""
+    if request.endpoint == "token":
+        outcome = "served" if response.status_code == 200 else g.get("error_code", "error")
+        metrics.record_token_request(outcome)
+    elif request.endpoint == "appinstall":
+        if response.status_code < 300:
+            outcome = (response.get_json(silent=True) or {}).get("status", "ok")
+        else:
+            outcome = g.get("error_code", "error")
+        metrics.record_callback(g.get("callback_type"), outcome)
+    return response
 
 
 def _read_json_body() -> object:
@@ -286,6 +355,7 @@ def _too_large() -> PayloadTooLarge:
 
 
 def _broker_error_response(error: BrokerError) -> tuple[Response, int]:
+    g.error_code = error.code
     if error.status >= 500:
         log.warning("Request to %s failed with %d %s", request.path, error.status, error.code)
     response = jsonify(error.to_dict())
@@ -299,6 +369,7 @@ def _http_error_response(error: HTTPException) -> tuple[Response, int]:
         return _broker_error_response(_too_large())
     status = error.code or 500
     code = (error.name or "error").lower().replace(" ", "_")
+    g.error_code = code
     response = jsonify(error=code, message=error.description)
     if status == 405 and error.valid_methods:
         response.headers["Allow"] = ", ".join(error.valid_methods)
@@ -309,4 +380,5 @@ def _unexpected_error_response(error: Exception) -> tuple[Response, int]:
     if isinstance(error, HTTPException):
         return _http_error_response(error)
     log.exception("Unhandled error on %s %s", request.method, request.path)
+    g.error_code = "internal_error"
     return jsonify(error="internal_error", message="An unexpected error occurred"), 500

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable, TypeVar
 
@@ -22,6 +22,8 @@ import hvac
 import hvac.exceptions
 import requests
 
+from . import metrics
+from .account_history import AccountHistory, VersionInfo, mask, parse_metadata
 from .errors import VaultUnavailable
 from .vault_auth import VaultAuthenticator
 
@@ -131,9 +133,89 @@ class CredentialStore:
         Reads only the metadata, never the secret. A latest version that is deleted or
         destroyed counts as none, as in load(). Raises VaultUnavailable when Vault fails.
         """
+        history = self.history(account_id, with_fields=False)
+        if history is None or not history.installed:
+            return None
+        return history.current_version
+
+    def delete_latest(self, account_id: str) -> int | None:
+        """Soft-delete the account's latest version and return its number.
+
+        Returns None when there is nothing to delete: no entry, or the latest version is
+        already deleted or destroyed. The version stays recoverable with undelete().
+        """
+        history = self.history(account_id, with_fields=False)
+        if history is None or not history.installed:
+            return None
+
+        # Deleting the version by number (POST <mount>/delete/<path>) rather than "the
+        # latest" leaves alone a newer version that a concurrent install may have written.
+        self._call(
+            "delete",
+            lambda: self._client.secrets.kv.v2.delete_secret_versions(
+                path=self._path(account_id),
+                versions=[history.current_version],
+                mount_point=self._mount,
+            ),
+        )
+        return history.current_version
+
+    def undelete(self, account_id: str, versions: list[int] | None = None) -> list[int]:
+        """Restore soft-deleted versions and return the numbers restored.
+
+        Without `versions`, restores the latest version when it is deleted and not
+        destroyed. Returns an empty list when there is nothing to restore.
+        """
+        history = self.history(account_id, with_fields=False)
+        if history is None:
+            return []
+        deleted = {
+            info.version
+            for info in history.versions
+            if info.deletion_time and not info.destroyed
+        }
+        requested = versions if versions is not None else [history.current_version]
+        chosen = sorted(version for version in set(requested) if version in deleted)
+        if not chosen:
+            return []
+
+        self._call(
+            "undelete",
+            lambda: self._client.secrets.kv.v2.undelete_secret_versions(
+                path=self._path(account_id), versions=chosen, mount_point=self._mount
+            ),
+        )
+        return chosen
+
+    def list_accounts(self) -> list[str]:
+        """Return the sorted ids of every account with a KV entry, installed or not.
+
+        An entry whose latest version is deleted is still listed. Use history() for its state.
+        """
+        # NOTE: one LIST request without pagination returns every key at once. The tests
+        # list about a hundred accounts, so much larger prefixes are untested.
         try:
             response = self._call(
-                "metadata read",
+                "list",
+                lambda: self._client.secrets.kv.v2.list_secrets(
+                    path=self._prefix, mount_point=self._mount
+                ),
+                missing_ok=True,
+            )
+        except _Missing:
+            return []
+        keys = (response.get("data") or {}).get("keys") or []
+        return sorted(key for key in keys if isinstance(key, str) and not key.endswith("/"))
+
+    def history(self, account_id: str, *, with_fields: bool = True) -> AccountHistory | None:
+        """Return the account's version history, or None when it has no KV entry.
+
+        With `with_fields`, reads each live version to add irisAppId, installedAt and
+        the masked clientId. The client secret is read with the version but never kept.
+        """
+        try:
+            response = self._call(
+                "read metadata",
                 lambda: self._client.secrets.kv.v2.read_secret_metadata(
                     path=self._path(account_id), mount_point=self._mount
                 ),
@@ -142,14 +224,37 @@ class CredentialStore:
         except _Missing:
             return None
 
-        data = response.get("data") or {}
-        current = int(data.get("current_version") or 0)
-        if current <= 0:
-            return None
-        latest = (data.get("versions") or {}).get(str(current)) or {}
-        if latest.get("destroyed") or latest.get("deletion_time"):
-            return None
-        return current
+        history = parse_metadata(account_id, response.get("data") or {})
+        if not with_fields:
+            return history
+        versions = tuple(
+            self._with_fields(account_id, info) if info.live else info
+            for info in history.versions
+        )
+        return replace(history, versions=versions)
+
+    def _with_fields(self, account_id: str, info: VersionInfo) -> VersionInfo:
+        try:
+            response = self._call(
+                "read",
+                lambda: self._client.secrets.kv.v2.read_secret_version(
+                    path=self._path(account_id),
+                    version=info.version,
+                    mount_point=self._mount,
+                    raise_on_deleted_version=True,
+                ),
+                missing_ok=True,
+            )
+        except _Missing:
+            return info
+        fields = response["data"]["data"] or {}
+        client_id = fields.get("clientId")
+        return replace(
+            info,
+            iris_app_id=fields.get("irisAppId"),
+            installed_at=fields.get("installedAt"),
+            client_id_hint=mask(client_id) if isinstance(client_id, str) else None,
+        )
 
     def check_ready(self) -> str | None:
         """Return None when Vault is unsealed and our token works, else the reason it is not."""
@@ -178,14 +283,22 @@ class CredentialStore:
             self._authenticator.login(self._client)
 
     def _call(self, action: str, operation: Callable[[], T], *, missing_ok: bool = False) -> T:
-        """Run one Vault operation, logging in again once on 403, translating every error."""
+        """Run one Vault operation, logging in again once on 403, translating every error.
+
+        Records the duration in the Vault metrics, and the reason when it fails.
+        A missing path is a normal result, not an error.
+        """
+        started = time.perf_counter()
         for attempt in (1, 2):
             try:
                 if not self._client.token and action != "login":
                     self._login()
-                return operation()
+                result = operation()
+                metrics.record_vault(action, time.perf_counter() - started)
+                return result
             except hvac.exceptions.InvalidPath as exc:
                 if missing_ok:
+                    metrics.record_vault(action, time.perf_counter() - started)
                     raise _Missing() from exc
                 error = exc
             except hvac.exceptions.Forbidden as exc:
@@ -203,6 +316,7 @@ class CredentialStore:
             break
 
         reason = _describe(error)
+        metrics.record_vault(action, time.perf_counter() - started, _reason_code(error))
         log.error("Vault %s failed: %s", action, reason)
         raise VaultUnavailable(
             f"Vault {action} failed: {reason}; the request can be retried once Vault is back"
@@ -211,6 +325,19 @@ class CredentialStore:
 
 class _Missing(Exception):
     """Internal signal that the KV path has no live version."""
+
+
+def _reason_code(error: Exception) -> str:
+    """Classify an hvac or requests error into a short metric label."""
+    if isinstance(error, hvac.exceptions.VaultDown):
+        return "sealed"
+    if isinstance(error, hvac.exceptions.Forbidden):
+        return "denied"
+    if isinstance(error, requests.Timeout):
+        return "timeout"
+    if isinstance(error, requests.ConnectionError):
+        return "connection"
+    return "other"
 
 
 def _describe(error: Exception) -> str:

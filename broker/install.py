@@ -15,6 +15,8 @@ from .errors import InvalidRequest
 MAX_ID_LENGTH = 256
 MAX_SECRET_LENGTH = 1024
 EVENT_INSTALLED = "INSTALLED"
+# The app lifecycle's uninstall event. It needs accountId only, and any credentials in it are ignored.
+EVENT_UNINSTALLED = "UNINSTALLED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
+from . import metrics
 from .credentials import CredentialStore
 from .errors import BrokerError
 from .token_fetch import FetchOutcome, TokenFetcher
@@ -87,6 +88,7 @@ class TokenWorker:
         self, key: CacheKey, flight: Flight, epoch: int, known: AccountFacts | None
     ) -> None:
         outcome = self.run_fetch(key, flight, epoch, known)
+        metrics.record_refresh("ok" if outcome.error is None else outcome.error.code)
         if outcome.error is not None:
             log.warning(
                 "Refreshing the token of account %s ahead of expiry failed (%s); "

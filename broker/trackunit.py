@@ -21,6 +21,7 @@ from typing import Callable
 
 import requests
 
+from . import metrics
 from .errors import (
     UpstreamError,
     UpstreamRateLimited,
@@ -97,11 +98,13 @@ class TokenClient:
                     allow_redirects=False,
                 )
             except requests.Timeout as exc:
+                metrics.record_upstream(time.monotonic() - started, "timeout")
                 log.error("Token request for account %s timed out", account_id)
                 raise UpstreamTimeout(
                     f"Trackunit's token endpoint did not answer within {self._timeout[1]:g} s"
                 ) from exc
             except requests.RequestException as exc:
+                metrics.record_upstream(time.monotonic() - started, "connection")
                 failure: UpstreamError = UpstreamError(
                     f"Trackunit's token endpoint could not be reached ({type(exc).__name__})"
                 )
@@ -110,7 +113,9 @@ class TokenClient:
                 status = None
             else:
                 status = response.status_code
-                elapsed_ms = (time.monotonic() - started) * 1000
+                elapsed = time.monotonic() - started
+                metrics.record_upstream(elapsed, None if status == 200 else str(status))
+                elapsed_ms = elapsed * 1000
                 log.debug(
                     "Token endpoint answered %s for account %s in %.1f ms",
                     status,

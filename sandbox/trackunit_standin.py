@@ -16,6 +16,7 @@ import argparse
 import json
 import secrets
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
@@ -31,17 +32,41 @@ class RegisteredClient:
 
 @dataclass
 class StandinState:
-    """Registered clients, the token lifetime, and a count of requests for tests to read."""
+    """Registered clients, the token lifetime, and a count of requests for tests to read.
+
+    Fault injection for tests: script() queues canned responses that the next requests
+    get instead of the normal ones, and hang() makes requests wait without a response
+    until release() or `max_hang` seconds, whichever comes first.
+    """
 
     clients: dict[str, RegisteredClient] = field(default_factory=dict)
     expires_in: int = 3600
     request_count: int = 0
+    max_hang: float = 30.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    scripted: deque[tuple[int, dict]] = field(default_factory=deque)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.released.set()
 
     def register(self, client_id: str, client_secret: str, scopes: set[str] | frozenset[str]) -> None:
         """Accept this client from now on, granting at most `scopes`."""
         with self.lock:
             self.clients[client_id] = RegisteredClient(client_secret, frozenset(scopes))
+
+    def script(self, *responses: tuple[int, dict]) -> None:
+        """Queue (status, JSON body) pairs that the next requests get, one each, in order."""
+        with self.lock:
+            self.scripted.extend(responses)
+
+    def hang(self) -> None:
+        """Make every request from now on wait without a response until release()."""
+        self.released.clear()
+
+    def release(self) -> None:
+        """Let waiting and later requests proceed normally."""
+        self.released.set()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -52,6 +77,13 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         with state.lock:
             state.request_count += 1
+        state.released.wait(state.max_hang)
+        with state.lock:
+            canned = state.scripted.popleft() if state.scripted else None
+        if canned is not None:
+            self._drain_body()
+            self._reply(*canned)
+            return
 
         if self.path.split("?")[0] != "/apptoken":
             self._reply(404, {"error": "not_found"})
@@ -90,6 +122,9 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def _drain_body(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
     def _reply(self, status: int, body: dict) -> None:
         payload = json.dumps(body).encode()
         self.send_response(status)
@@ -107,6 +142,9 @@ class StandinServer(ThreadingHTTPServer):
     """The stand-in HTTP server. `state` is shared with the code that started it."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections when many clients connect at
+    # once, and a dropped SYN is retried only after about 1 s, which looks like a timeout.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], state: StandinState | None = None):
         super().__init__(address, _Handler)

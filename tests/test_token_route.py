@@ -99,8 +99,11 @@ def test_refresh_flag_invalid_value(client, auth_header, installed):
     ids=["an hour", "twenty minutes", "a numeric string", "missing uses default"],
 )
 def test_lifetime_read_from_expires_in(
-    client, trackunit, auth_header, installed, clock, expires_in, cached_for
+    make_app, settings, trackunit, auth_header, clock, expires_in, cached_for
 ):
+    # Without refresh-ahead, the margin alone decides when the next fetch happens.
+    client = make_app(with_settings(settings, token_refresh_ahead_fraction=0)).test_client()
+    client.post("/appinstall", json=DOCUMENTED_MESSAGE)
     reply = token_reply()
     reply.pop("expires_in")
     if expires_in is not None:

@@ -139,13 +139,17 @@ def stop_server(data_dir: Path) -> bool:
 
 def _wait_until_active(client: hvac.Client) -> None:
     """Wait for raft to elect this node leader, which takes a moment after unsealing."""
+    # A standby node may already serve reads such as the mount list while writes still
+    # fail with "local node not active", so wait for the leader status to name this node.
     deadline = time.monotonic() + _START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         try:
-            client.sys.list_mounted_secrets_engines()
-            return
+            if client.sys.read_leader_status().get("is_self"):
+                client.sys.list_mounted_secrets_engines()
+                return
         except (hvac.exceptions.VaultError, requests.RequestException):
-            time.sleep(0.2)
+            pass
+        time.sleep(0.1)
     raise RuntimeError("OpenBao did not become active after unsealing")
 
 

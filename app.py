@@ -17,7 +17,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from broker.config import Settings, load_settings
-from broker.credentials import CredentialStore
+from broker.credentials import CredentialStore, SaveOutcome
 from broker.errors import (
     BrokerError,
     Forbidden,
@@ -25,8 +25,16 @@ from broker.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from broker.install import EVENT_INSTALLED, canonical_account_id, parse_install_event
+from broker.identity import HEADER as IDENTITY_HEADER
+from broker.identity import IdentityVerifier, VerifiedIdentity
+from broker.install import (
+    EVENT_INSTALLED,
+    InstallEvent,
+    canonical_account_id,
+    parse_install_event,
+)
 from broker.internal_auth import require_internal_key
+from broker.jwks import JwksCache
 from broker.tokens import TokenBroker
 from broker.trackunit import TokenClient
 from broker.vault_auth import make_authenticator, make_vault_client
@@ -35,6 +43,11 @@ log = logging.getLogger("broker.app")
 
 _TRUE_WORDS = ("1", "true", "yes")
 _FALSE_WORDS = ("", "0", "false", "no")
+# Why save_delivery() wrote nothing, by the status it returned.
+_SKIPPED_DELIVERIES = {
+    "unchanged": "a repeat of the delivery already stored",
+    "ignored_stale": "older than the delivery already stored",
+}
 
 
 @dataclass
@@ -44,6 +57,7 @@ class Services:
     settings: Settings
     store: CredentialStore
     tokens: TokenBroker
+    identity: IdentityVerifier | None
 
 
 def create_app(
@@ -63,6 +77,13 @@ def create_app(
     app.json.sort_keys = False
 
     app.extensions["broker"] = _build_services(settings, http_session, clock, sleep)
+    if not settings.require_trackunit_identity:
+        log.warning(
+            "REQUIRE_TRACKUNIT_IDENTITY is off: install callbacks are accepted WITHOUT "
+            "checking Trackunit's signature, so anyone who can reach %s can overwrite stored "
+            "credentials. Use this only in the offline sandbox.",
+            settings.appinstall_path,
+        )
     _register_routes(app, settings)
     app.register_error_handler(BrokerError, _broker_error_response)
     app.register_error_handler(HTTPException, _http_error_response)
@@ -111,7 +132,30 @@ def _build_services(
         wait_timeout=wait_timeout,
         **broker_options,
     )
-    return Services(settings=settings, store=store, tokens=tokens)
+    return Services(
+        settings=settings, store=store, tokens=tokens, identity=_build_verifier(settings, clock)
+    )
+
+
+def _build_verifier(
+    settings: Settings, clock: Callable[[], float] | None
+) -> IdentityVerifier | None:
+    if not settings.require_trackunit_identity:
+        return None
+    cache_options = {"clock": clock} if clock is not None else {}
+    keys = JwksCache(
+        settings.trackunit_jwks_url,
+        timeout=settings.trackunit_jwks_timeout,
+        ttl=settings.trackunit_jwks_cache_ttl,
+        min_refetch_interval=settings.trackunit_jwks_min_refetch_interval,
+        **cache_options,
+    )
+    return IdentityVerifier(
+        keys,
+        leeway=settings.trackunit_identity_leeway,
+        issuer=settings.trackunit_identity_issuer,
+        audience=settings.trackunit_identity_audience,
+    )
 
 
 def _services() -> Services:
@@ -133,6 +177,8 @@ def _appinstall() -> tuple[Response, int]:
     body = _read_json_body()
 
     event = parse_install_event(body)
+    identity = _verify_identity(services, event)
+
     expected_app = services.settings.iris_app_id
     if expected_app and event.iris_app_id != expected_app:
         log.warning(
@@ -151,21 +197,55 @@ def _appinstall() -> tuple[Response, int]:
         log.info("Ignored callback of type %r for account %s", event.type, event.account_id)
         return jsonify(status="ignored", type=event.type, accountId=event.account_id), 202
 
-    version = services.store.save(
-        event.account_id,
-        client_id=event.client_id,
-        client_secret=event.client_secret,
-        iris_app_id=event.iris_app_id,
-    )
+    outcome = _store_credentials(services, event, identity)
+    if outcome.status != "installed":
+        log.info(
+            "Kept credentials of account %s at version %d: the callback is %s",
+            event.account_id,
+            outcome.version,
+            _SKIPPED_DELIVERIES[outcome.status],
+        )
+        return jsonify(
+            status=outcome.status, accountId=event.account_id, version=outcome.version
+        ), 200
+
     evicted = services.tokens.evict(event.account_id)
 
     log.info(
         "Stored credentials for account %s as version %d (%d cached token(s) dropped)",
         event.account_id,
-        version,
+        outcome.version,
         evicted,
     )
-    return jsonify(status="installed", accountId=event.account_id, version=version), 200
+    return jsonify(status="installed", accountId=event.account_id, version=outcome.version), 200
+
+
+def _verify_identity(services: Services, event: InstallEvent) -> VerifiedIdentity | None:
+    """Check the callback's Trackunit-Identity header, or return None when the check is off."""
+    if services.identity is None:
+        return None
+    return services.identity.verify(request.headers.get(IDENTITY_HEADER), event)
+
+
+def _store_credentials(
+    services: Services, event: InstallEvent, identity: VerifiedIdentity | None
+) -> SaveOutcome:
+    """Write the credentials, skipping stale or repeated deliveries when the token is known."""
+    if identity is None:
+        version = services.store.save(
+            event.account_id,
+            client_id=event.client_id,
+            client_secret=event.client_secret,
+            iris_app_id=event.iris_app_id,
+        )
+        return SaveOutcome("installed", version)
+    return services.store.save_delivery(
+        event.account_id,
+        client_id=event.client_id,
+        client_secret=event.client_secret,
+        iris_app_id=event.iris_app_id,
+        issued_at=identity.issued_at,
+    )
 
 
 def _token(account_id: str) -> Response:

@@ -43,7 +43,7 @@ log = logging.getLogger("broker.app")
 
 _TRUE_WORDS = ("1", "true", "yes")
 _FALSE_WORDS = ("", "0", "false", "no")
-# Why save_delivery() wrote nothing, by the status it returned.
+# Reasons that save_delivery() wrote nothing, keyed by the status it returned.
 _SKIPPED_DELIVERIES = {
     "unchanged": "a repeat of the delivery already stored",
     "ignored_stale": "older than the delivery already stored",

@@ -45,7 +45,7 @@ class StoredCredentials:
 
 @dataclass(frozen=True, slots=True)
 class SaveOutcome:
-    """What save_delivery() did: `status` is installed, unchanged or ignored_stale.
+    """The result of save_delivery(): `status` is installed, unchanged or ignored_stale.
 
     `version` is the KV version written, or the current one when nothing was written.
     """
@@ -114,7 +114,7 @@ class CredentialStore:
         `issued_at` is the callback token's `iat`, stored as `deliveryIssuedAt`. Nothing is
         written when the stored delivery is newer (ignored_stale) or is this same delivery
         with the same credentials (unchanged). The write uses KV v2 check-and-set against
-        the version just read, so of two concurrent deliveries only one wins; on a conflict
+        the version just read, so of two concurrent deliveries only one wins. On a conflict
         the decision is made once more on a fresh read. Raises VaultUnavailable.
         """
         for attempt in (1, 2):

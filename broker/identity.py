@@ -1,6 +1,6 @@
 """Verification of the Trackunit-Identity header that Trackunit sends with each callback.
 
-The header holds a JWT signed with a key from Trackunit's JWKS. IdentityVerifier checks,
+The header contains a JWT signed with a key from Trackunit's JWKS. IdentityVerifier checks,
 in this order: the header is present and decodes as a JWT; its `alg` is on the
 asymmetric allow-list, whatever else the header says (never `none`, never HS*); its
 `kid` names a key in the JWKS whose type fits the algorithm; the signature verifies
@@ -226,9 +226,9 @@ def _unverified_header(token: str) -> dict[str, object]:
 def _allowed_algorithm(header: dict[str, object]) -> str:
     algorithm = header.get("alg")
     if not isinstance(algorithm, str) or algorithm not in ALLOWED_ALGORITHMS:
-        shown = algorithm if isinstance(algorithm, str) else "missing"
+        algorithm_name = algorithm if isinstance(algorithm, str) else "missing"
         raise IdentityRejected(
-            f"The token algorithm {shown[:20]!r} is not allowed: use one of "
+            f"The token algorithm {algorithm_name[:20]!r} is not allowed: use one of "
             f"{', '.join(ALLOWED_ALGORITHMS)}",
             reason="algorithm_not_allowed",
         )

@@ -37,7 +37,7 @@ class KeysUnavailable(Exception):
 
 
 class _FetchFailed(Exception):
-    """One fetch of the JWKS URL failed. The message names the cause and holds no body."""
+    """One fetch of the JWKS URL failed. The message names the cause and contains no body."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class JwksCache:
         """Fetch the key set unless another fetch runs or one was attempted too recently."""
         acquired = self._fetch_lock.acquire(timeout=2 * self._timeout + 1 if wait else 0)
         if not acquired:
-            log.warning("Waited too long for another fetch of the JWKS at %s", self.url)
+            log.warning("Timed out waiting for another fetch of the JWKS at %s", self.url)
             return
         try:
             now = self._clock()

@@ -28,7 +28,9 @@ HEADER = "Trackunit-Identity"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Send a signed Trackunit install callback.")
-    parser.add_argument("--service", default="http://127.0.0.1:8080", help="base URL of the service")
+    parser.add_argument(
+        "--service", default="http://127.0.0.1:8080", help="base URL of the service"
+    )
     parser.add_argument("--path", default="/appinstall", help="callback path (APPINSTALL_PATH)")
     parser.add_argument("--account", required=True, help="accountId, a UUID")
     parser.add_argument("--client-id", required=True, help="clientId to install")

@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    state = StandinState(expires_in=args.expires_in, jwks=load_or_create(args.signing_key_dir).jwks())
+    signing_key = load_or_create(args.signing_key_dir)
+    state = StandinState(expires_in=args.expires_in, jwks=signing_key.jwks())
     for spec in args.client:
         client_id, client_secret, scopes = spec.split(":", 2)
         state.register(client_id, client_secret, set(scopes.replace(",", " ").split()))

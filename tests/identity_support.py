@@ -92,7 +92,7 @@ def claims_for(
     lifetime: int = 300,
     **extra: object,
 ) -> dict[str, object]:
-    """Return the claims of a valid token for this account, issued now unless told."""
+    """Return the claims of a valid token for this account, issued now by default."""
     now = int(time.time()) if issued_at is None else issued_at
     claims: dict[str, object] = {"iat": now, "nbf": now, "exp": now + lifetime}
     claims["accountId"] = account_id
@@ -183,7 +183,7 @@ class JwksServer(ThreadingHTTPServer):
 
 
 class SilentServer:
-    """A loopback port that accepts connections and never answers, like a hung JWKS host."""
+    """A loopback port that accepts connections and never responds, like a hung JWKS host."""
 
     def __init__(self) -> None:
         self._socket = socket.socket()

@@ -84,7 +84,7 @@ def vault_entry(openbao, kv_prefix):
 
 @pytest.fixture
 def token_endpoint(trackunit):
-    """Trackunit's token endpoint answering every request with a fresh token."""
+    """Trackunit's token endpoint, returning a fresh token for every request."""
     counter = iter(range(1, 1000))
     return trackunit.register_uri(
         "POST",
@@ -251,7 +251,9 @@ def test_unsigned_uninstall_event_rejected(identity_client, account):
     assert response.status_code == 401
 
 
-def test_unreachable_jwks_answers_503_quickly(make_app, identity_env, signing_key, account, vault_entry):
+def test_unreachable_jwks_answers_503_quickly(
+    make_app, identity_env, signing_key, account, vault_entry
+):
     env = {**identity_env, "TRACKUNIT_JWKS_URL": f"http://127.0.0.1:{free_port()}/jwks"}
     client = make_app(load_settings(env)).test_client()
     started = time.monotonic()
@@ -289,8 +291,9 @@ def test_older_delivery_after_newer_ignored(identity_client, signing_key, accoun
     newer = signing_key.sign(claims_for(account, issued_at=now))
     older = signing_key.sign(claims_for(account, issued_at=now - 60))
     post_callback(identity_client, callback_body(account, "client-new", "secret-new"), newer)
+    body = callback_body(account, "client-old", "secret-old")
 
-    response = post_callback(identity_client, callback_body(account, "client-old", "secret-old"), older)
+    response = post_callback(identity_client, body, older)
 
     assert response.status_code == 200
     assert response.get_json()["status"] == "ignored_stale"
@@ -307,8 +310,9 @@ def test_newer_delivery_replaces_and_evicts(
     newer = signing_key.sign(claims_for(account, issued_at=now))
     post_callback(identity_client, callback_body(account, "client-old", "secret-old"), older)
     identity_client.get(f"/token/{account}", headers=auth_header)
+    body = callback_body(account, "client-new", "secret-new")
 
-    response = post_callback(identity_client, callback_body(account, "client-new", "secret-new"), newer)
+    response = post_callback(identity_client, body, newer)
     identity_client.get(f"/token/{account}", headers=auth_header)
 
     assert response.get_json()["status"] == "installed"
@@ -332,8 +336,9 @@ def test_unverified_entry_is_overwritten(
     make_app, settings, identity_client, signing_key, account, vault_entry
 ):
     post_callback(make_app(settings).test_client(), callback_body(account, "client-0"), None)
+    token = signing_key.sign(claims_for(account))
 
-    response = post_callback(identity_client, callback_body(account), signing_key.sign(claims_for(account)))
+    response = post_callback(identity_client, callback_body(account), token)
 
     assert response.get_json()["status"] == "installed"
     assert vault_entry(account)[1] == 2
@@ -357,7 +362,11 @@ def test_concurrent_newer_write_wins_check_and_set(store, account, vault_entry):
         if not raced.is_set():
             raced.set()
             store.save_delivery(
-                account_id, client_id="client-new", client_secret="s", iris_app_id=None, issued_at=200
+                account_id,
+                client_id="client-new",
+                client_secret="s",
+                iris_app_id=None,
+                issued_at=200,
             )
         return result
 
@@ -415,7 +424,8 @@ def service_url(base_env, standin):
         "TRACKUNIT_TOKEN_URL": standin.token_url,
     }
     session = requests.Session()
-    server = make_server("127.0.0.1", 0, create_app(load_settings(env), http_session=session), threaded=True)
+    app = create_app(load_settings(env), http_session=session)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -424,7 +434,9 @@ def service_url(base_env, standin):
     session.close()
 
 
-def test_sandbox_signed_callback_then_token(service_url, sandbox_key_dir, account, auth_header, capsys):
+def test_sandbox_signed_callback_then_token(
+    service_url, sandbox_key_dir, account, auth_header, capsys
+):
     code = send_callback.main(
         [
             "--service", service_url,

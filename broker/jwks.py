@@ -8,9 +8,10 @@ the keys from the last good fetch stay in use. A fetch that returns no usable ke
 as failed, so a broken JWKS document never wipes the cached keys.
 
 Concurrency: fetches are serialised by one lock. A thread whose kid is already cached
-never waits for another thread's fetch and uses the cached key. A thread that needs a
-fetch waits at most about twice the fetch timeout. Every fetch has a connect and read
-timeout and an overall deadline, and reads at most MAX_JWKS_BYTES.
+never waits for another thread's fetch and uses the cached key. Every fetch has a
+connect and read timeout of `timeout` seconds, stops reading the body once `timeout`
+seconds have passed since it started, and reads at most MAX_JWKS_BYTES. So one fetch
+takes at most about 2 x `timeout`, and a thread that needs a fetch waits about that long.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import requests
+import urllib3
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ class JwksCache:
             self._fetch_lock.release()
 
     def _fetch(self) -> dict[str, tuple[Jwk, ...]]:
-        deadline = time.monotonic() + 2 * self._timeout
+        deadline = time.monotonic() + self._timeout
         try:
             response = self._session.get(
                 self.url,
@@ -144,18 +146,22 @@ class JwksCache:
 
 
 def _read_limited(response: requests.Response, deadline: float) -> bytes:
-    """Read the body, failing past MAX_JWKS_BYTES or the deadline (a slow server's drip)."""
+    """Read the body, failing past MAX_JWKS_BYTES or the deadline.
+
+    read1() returns as soon as some bytes arrive, so a server that sends one byte at a
+    time meets the deadline check. iter_content() would block until a whole chunk came.
+    """
     chunks: list[bytes] = []
     size = 0
     try:
-        for chunk in response.iter_content(_CHUNK_BYTES):
+        while chunk := response.raw.read1(_CHUNK_BYTES, decode_content=True):
             size += len(chunk)
             if size > MAX_JWKS_BYTES:
                 raise _FetchFailed(f"the body is larger than {MAX_JWKS_BYTES} bytes")
             if time.monotonic() > deadline:
                 raise _FetchFailed("timed out while reading the body")
             chunks.append(chunk)
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise _FetchFailed(f"reading the body failed ({type(exc).__name__})") from exc
     return b"".join(chunks)
 

@@ -14,9 +14,12 @@ import uuid
 
 import pytest
 from conftest import FakeClock, free_port
+from cryptography.hazmat.primitives.asymmetric import rsa
 from identity_support import (
     APP_ID,
+    DripServer,
     JwksServer,
+    KeyPair,
     SilentServer,
     claims_for,
     ec_pair,
@@ -216,6 +219,13 @@ def test_hs256_with_public_key_as_secret_rejected(verifier, rsa_key):
     token = hs256_token(rsa_key.public_pem(), claims_for(ACCOUNT), rsa_key.kid)
 
     assert rejection_reason(verifier, token) == "algorithm_not_allowed"
+
+
+def test_weak_rsa_key_rejected(jwks, verifier):
+    weak = KeyPair(rsa.generate_private_key(public_exponent=65537, key_size=1024), "weak", "RS256")
+    jwks.publish(weak.public_jwk())
+
+    assert rejection_reason(verifier, weak.sign(claims_for(ACCOUNT))) == "unknown_key"
 
 
 def test_rsa_kid_with_ec_algorithm_rejected(verifier, rsa_key):
@@ -458,6 +468,20 @@ def test_hung_jwks_is_unavailable_within_timeout(cache_clock, ec_key):
         elapsed = time.monotonic() - started
     finally:
         silent.close()
+
+    assert elapsed < TIMEOUT * 2 + 0.5
+
+
+def test_dripping_jwks_is_unavailable_within_deadline(cache_clock, ec_key):
+    drip = DripServer()
+    verifier = make_verifier(drip.url, cache_clock)
+    started = time.monotonic()
+    try:
+        with pytest.raises(IdentityUnavailable):
+            verifier.verify(ec_key.sign(claims_for(ACCOUNT)), install_event())
+        elapsed = time.monotonic() - started
+    finally:
+        drip.stop()
 
     assert elapsed < TIMEOUT * 2 + 0.5
 

@@ -13,9 +13,15 @@ import time
 import uuid
 
 import pytest
-from conftest import FakeClock, free_port
 from cryptography.hazmat.primitives.asymmetric import rsa
-from identity_support import (
+
+from broker.config import ConfigError, load_settings
+from broker.errors import IdentityRejected, IdentityUnavailable
+from broker.identity import IdentityVerifier
+from broker.install import InstallEvent
+from broker.jwks import JwksCache
+from tests.conftest import FakeClock, free_port
+from tests.identity_support import (
     APP_ID,
     DripServer,
     JwksServer,
@@ -28,12 +34,6 @@ from identity_support import (
     rsa_pair,
     unsigned_token,
 )
-
-from broker.config import ConfigError, load_settings
-from broker.errors import IdentityRejected, IdentityUnavailable
-from broker.identity import IdentityVerifier
-from broker.install import InstallEvent
-from broker.jwks import JwksCache
 
 ACCOUNT = "6b5cb246-7945-4bb6-bec5-2a1413ffd1b3"
 OTHER_ACCOUNT = "0d9b7a0c-8a5e-4d37-9d1b-2f1b0c6f4e21"

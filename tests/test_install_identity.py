@@ -15,8 +15,6 @@ import uuid
 import hvac
 import pytest
 import requests
-from conftest import SCOPES, TOKEN_URL, free_port
-from identity_support import APP_ID, JwksServer, claims_for, ec_pair, rsa_pair, unsigned_token
 from werkzeug.serving import make_server
 
 from app import create_app
@@ -26,6 +24,15 @@ from broker.vault_auth import StaticTokenAuth
 from sandbox import send_callback
 from sandbox.callback_signing import load_or_create
 from sandbox.trackunit_standin import StandinState, start_in_thread
+from tests.conftest import SCOPES, TOKEN_URL, free_port
+from tests.identity_support import (
+    APP_ID,
+    JwksServer,
+    claims_for,
+    ec_pair,
+    rsa_pair,
+    unsigned_token,
+)
 
 JWKS_TIMEOUT = 0.5
 

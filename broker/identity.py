@@ -102,12 +102,11 @@ class IdentityVerifier:
             )
             raise
         log.debug(
-            "Verified %s for account %s: kid %s, alg %s, claims %s",
+            "Verified %s for account %s: kid %s, alg %s",
             HEADER,
             event.account_id,
             identity.key_id,
             identity.algorithm,
-            ", ".join(identity.claim_names),
         )
         return identity
 

@@ -115,7 +115,8 @@ class CredentialStore:
         written when the stored delivery is newer (ignored_stale) or is this same delivery
         with the same credentials (unchanged). The write uses KV v2 check-and-set against
         the version just read, so of two concurrent deliveries only one wins. On a conflict
-        the decision is made once more on a fresh read. Raises VaultUnavailable.
+        the decision is made once more on a fresh read. Raises VaultUnavailable when Vault
+        fails or the second write conflicts too.
         """
         for attempt in (1, 2):
             stored, version = self._read_latest(account_id)
@@ -142,8 +143,8 @@ class CredentialStore:
                 attempt,
             )
         raise VaultUnavailable(
-            f"Concurrent callbacks for account {account_id} kept changing its Vault entry; "
-            "the callback can be retried"
+            f"Concurrent callbacks for account {account_id} kept changing its Vault entry, "
+            "so this one was not applied. Retry the callback."
         )
 
     def load(self, account_id: str) -> StoredCredentials | None:

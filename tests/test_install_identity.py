@@ -20,6 +20,7 @@ from werkzeug.serving import make_server
 from app import create_app
 from broker.config import load_settings
 from broker.credentials import CredentialStore
+from broker.errors import VaultUnavailable
 from broker.vault_auth import StaticTokenAuth
 from sandbox import send_callback
 from sandbox.callback_signing import load_or_create
@@ -387,6 +388,24 @@ def test_concurrent_newer_write_wins_check_and_set(store, account, vault_entry):
     data, version = vault_entry(account)
     assert data["clientId"] == "client-new"
     assert version == 1
+
+
+def test_repeated_check_and_set_conflict_raises(store, account, vault_entry):
+    """Another writer changes the entry after each of our reads, so both writes conflict."""
+    original_read = store._read_latest
+
+    def read_then_lose_race(account_id):
+        result = original_read(account_id)
+        store.save(account_id, client_id="client-other", client_secret="s", iris_app_id=None)
+        return result
+
+    store._read_latest = read_then_lose_race
+
+    with pytest.raises(VaultUnavailable, match="Retry the callback"):
+        store.save_delivery(
+            account, client_id="client-mine", client_secret="s", iris_app_id=None, issued_at=300
+        )
+    assert vault_entry(account)[0]["clientId"] == "client-other"
 
 
 def test_delivery_after_destroyed_version_installs(store, openbao, kv_prefix, account, vault_entry):

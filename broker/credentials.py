@@ -213,7 +213,11 @@ class CredentialStore:
         }
 
     def _read_latest(self, account_id: str) -> tuple[dict, int]:
-        """Return the latest version's data ({} when deleted) and number (0 when none exists)."""
+        """Return the latest version's data ({} when deleted) and number (0 when none exists).
+
+        NOTE: a soft-deleted latest version has no readable deliveryIssuedAt, so any
+        delivery is applied over it, however old.
+        """
         try:
             response = self._call(
                 "read",

@@ -1,12 +1,16 @@
 """Verification of the Trackunit-Identity header that Trackunit sends with each callback.
 
-The header contains a JWT signed with a key from Trackunit's JWKS. IdentityVerifier checks,
-in this order: the header is present and decodes as a JWT; its `alg` is on the
-asymmetric allow-list, whatever else the header says (never `none`, never HS*); its
-`kid` names a key in the JWKS whose type fits the algorithm; the signature verifies
-(PyJWT does the cryptography); `exp` and `iat` are present, and `exp`, `nbf` and `iat`
-hold within the leeway; `iss` and `aud` match when configured; and the claims that name
-the account or the app match the body (see bind_claims_to_event).
+The header contains a JWT signed with a key from Trackunit's JWKS. IdentityVerifier
+checks, in this order:
+
+1. The header is present and decodes as a JWT.
+2. Its `alg` is on the asymmetric allow-list, whatever else the header says, so `none`
+   and HS* are never accepted.
+3. Its `kid` names a key in the JWKS whose type fits the algorithm.
+4. The signature verifies. PyJWT does the cryptography.
+5. `exp` and `iat` are present, and `exp`, `nbf` and `iat` hold within the leeway.
+6. `iss` and `aud` match, when they are configured.
+7. The claims that name the account or the app match the body (see identity_claims).
 
 Time claims are checked by PyJWT against the wall clock, because the token's times are
 wall-clock times. Every rejection raises IdentityRejected (401) and is logged once with
@@ -58,6 +62,9 @@ ALLOWED_ALGORITHMS: dict[str, str] = {
     "ES512": "EC",
     "EdDSA": "OKP",
 }
+# exp bounds replays and iat orders deliveries (see CredentialStore.save_delivery).
+# NOTE: Trackunit does not document its claims. If its tokens lack iat, every callback is
+# rejected with missing_claim, and the ordering rule needs another source of time.
 REQUIRED_CLAIMS = ("exp", "iat")
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from .errors import IdentityRejected
 from .install import InstallEvent, canonical_account_id
 
+# NOTE: the token binds no clientId or clientSecret, so a captured token can carry other
+# credentials for its own account until its exp.
 ACCOUNT_CLAIMS = ("accountId", "account_id")
 APP_CLAIMS = ("irisAppId", "iris_app_id")
 

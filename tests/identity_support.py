@@ -117,11 +117,13 @@ def unsigned_token(claims: dict[str, object], kid: str) -> str:
 
 @dataclass
 class JwksState:
-    """The key set a JwksServer serves, a failure switch and a request count."""
+    """The key set a JwksServer serves, a failure switch, a response delay in seconds and a
+    request count."""
 
     keys: list[dict[str, object]] = field(default_factory=list)
     raw_body: bytes | None = None
     status: int = 200
+    delay: float = 0.0
     request_count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -136,6 +138,8 @@ class _JwksHandler(BaseHTTPRequestHandler):
             state.request_count += 1
             status = state.status
             body = state.raw_body or json.dumps({"keys": list(state.keys)}).encode()
+            delay = state.delay
+        time.sleep(delay)
         if status != 200:
             body = b'{"error": "unavailable"}'
         self.send_response(status)

@@ -411,6 +411,28 @@ def test_cached_key_verifies_while_jwks_down(jwks, verifier, ec_key, cache_clock
     assert identity.key_id == ec_key.kid
 
 
+def test_cached_key_skips_wait_for_running_fetch(jwks, verifier, ec_key, cache_clock):
+    verifier.verify(ec_key.sign(claims_for(ACCOUNT)), install_event())
+    cache_clock.advance(TTL + 1)
+    jwks.state.delay = 0.4
+    refresher = threading.Thread(
+        target=verifier.verify, args=(ec_key.sign(claims_for(ACCOUNT)), install_event())
+    )
+    refresher.start()
+    deadline = time.monotonic() + 2
+    while jwks.request_count < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    started = time.monotonic()
+    identity = verifier.verify(ec_key.sign(claims_for(ACCOUNT)), install_event())
+    elapsed = time.monotonic() - started
+    refresher.join(timeout=5)
+
+    assert jwks.request_count == 2
+    assert identity.key_id == ec_key.kid
+    assert elapsed < 0.2
+
+
 def test_cached_key_verifies_while_jwks_errors(jwks, verifier, ec_key, cache_clock):
     verifier.verify(ec_key.sign(claims_for(ACCOUNT)), install_event())
     jwks.state.status = 500

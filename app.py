@@ -26,7 +26,7 @@ from broker.errors import (
     UnsupportedMediaType,
 )
 from broker.identity import HEADER as IDENTITY_HEADER
-from broker.identity import IdentityVerifier, VerifiedIdentity
+from broker.identity import IdentityVerifier, VerifiedIdentity, build_verifier
 from broker.install import (
     EVENT_INSTALLED,
     InstallEvent,
@@ -34,7 +34,6 @@ from broker.install import (
     parse_install_event,
 )
 from broker.internal_auth import require_internal_key
-from broker.jwks import JwksCache
 from broker.tokens import TokenBroker
 from broker.trackunit import TokenClient
 from broker.vault_auth import make_authenticator, make_vault_client
@@ -77,13 +76,6 @@ def create_app(
     app.json.sort_keys = False
 
     app.extensions["broker"] = _build_services(settings, http_session, clock, sleep)
-    if not settings.require_trackunit_identity:
-        log.warning(
-            "REQUIRE_TRACKUNIT_IDENTITY is off: install callbacks are accepted WITHOUT "
-            "checking Trackunit's signature, so anyone who can reach %s can overwrite stored "
-            "credentials. Use this only in the offline sandbox.",
-            settings.appinstall_path,
-        )
     _register_routes(app, settings)
     app.register_error_handler(BrokerError, _broker_error_response)
     app.register_error_handler(HTTPException, _http_error_response)
@@ -132,30 +124,8 @@ def _build_services(
         wait_timeout=wait_timeout,
         **broker_options,
     )
-    return Services(
-        settings=settings, store=store, tokens=tokens, identity=_build_verifier(settings, clock)
-    )
-
-
-def _build_verifier(
-    settings: Settings, clock: Callable[[], float] | None
-) -> IdentityVerifier | None:
-    if not settings.require_trackunit_identity:
-        return None
-    cache_options = {"clock": clock} if clock is not None else {}
-    keys = JwksCache(
-        settings.trackunit_jwks_url,
-        timeout=settings.trackunit_jwks_timeout,
-        ttl=settings.trackunit_jwks_cache_ttl,
-        min_refetch_interval=settings.trackunit_jwks_min_refetch_interval,
-        **cache_options,
-    )
-    return IdentityVerifier(
-        keys,
-        leeway=settings.trackunit_identity_leeway,
-        issuer=settings.trackunit_identity_issuer,
-        audience=settings.trackunit_identity_audience,
-    )
+    identity = build_verifier(settings, clock=clock)
+    return Services(settings=settings, store=store, tokens=tokens, identity=identity)
 
 
 def _services() -> Services:

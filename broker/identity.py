@@ -20,7 +20,9 @@ the accountId and the reason. Missing keys raise IdentityUnavailable (503).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import jwt
 from jwt.exceptions import (
@@ -38,6 +40,7 @@ from jwt.exceptions import (
     PyJWKError,
 )
 
+from .config import Settings
 from .errors import IdentityRejected, IdentityUnavailable
 from .identity_claims import bind_claims_to_event
 from .install import InstallEvent
@@ -196,6 +199,37 @@ class IdentityVerifier:
             raise IdentityRejected(
                 "The published key for this token is too weak or malformed", reason="unknown_key"
             ) from exc
+
+
+def build_verifier(
+    settings: Settings, *, clock: Callable[[], float] | None = None
+) -> IdentityVerifier | None:
+    """Build the verifier from settings, or return None and warn when the check is off.
+
+    `clock` is the monotonic clock of the JWKS cache's TTL and refetch limit.
+    """
+    if not settings.require_trackunit_identity:
+        log.warning(
+            "REQUIRE_TRACKUNIT_IDENTITY is off: install callbacks are accepted WITHOUT "
+            "checking Trackunit's signature, so anyone who can reach %s can overwrite stored "
+            "credentials. Use this only in the offline sandbox.",
+            settings.appinstall_path,
+        )
+        return None
+
+    keys = JwksCache(
+        settings.trackunit_jwks_url,
+        timeout=settings.trackunit_jwks_timeout,
+        ttl=settings.trackunit_jwks_cache_ttl,
+        min_refetch_interval=settings.trackunit_jwks_min_refetch_interval,
+        clock=clock or time.monotonic,
+    )
+    return IdentityVerifier(
+        keys,
+        leeway=settings.trackunit_identity_leeway,
+        issuer=settings.trackunit_identity_issuer,
+        audience=settings.trackunit_identity_audience,
+    )
 
 
 def _token_from_header(header_value: str | None) -> str:

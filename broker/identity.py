@@ -4,7 +4,7 @@ The header contains a JWT signed with a key from Trackunit's JWKS. IdentityVerif
 checks, in this order:
 
 1. The header is present and decodes as a JWT.
-2. Its `alg` is on the asymmetric allow-list, whatever else the header says, so `none`
+2. Its `alg` is on the asymmetric allow-list, whatever else the header contains, so `none`
    and HS* are never accepted.
 3. Its `kid` names a key in the JWKS whose type fits the algorithm.
 4. The signature verifies. PyJWT does the cryptography.

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from broker import cli, metrics, openapi, request_id
 from broker.config import Settings, load_settings
-from broker.credentials import CredentialStore
+from broker.credentials import CredentialStore, SaveOutcome
 from broker.errors import (
     BrokerError,
     Forbidden,
@@ -27,6 +27,8 @@ from broker.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from broker.identity import HEADER as IDENTITY_HEADER
+from broker.identity import IdentityVerifier, VerifiedIdentity, build_verifier
 from broker.install import (
     EVENT_INSTALLED,
     EVENT_UNINSTALLED,
@@ -44,6 +46,11 @@ log = logging.getLogger("broker.app")
 
 _TRUE_WORDS = ("1", "true", "yes")
 _FALSE_WORDS = ("", "0", "false", "no")
+# Reasons that save_delivery() wrote nothing, keyed by the status it returned.
+_SKIPPED_DELIVERIES = {
+    "unchanged": "a repeat of the delivery already stored",
+    "ignored_stale": "older than the delivery already stored",
+}
 
 
 @dataclass
@@ -53,6 +60,7 @@ class Services:
     settings: Settings
     store: CredentialStore
     tokens: TokenBroker
+    identity: IdentityVerifier | None
 
 
 def create_app(
@@ -132,7 +140,8 @@ def _build_services(
         executor=executor,
         **broker_options,
     )
-    return Services(settings=settings, store=store, tokens=tokens)
+    identity = build_verifier(settings, clock=clock)
+    return Services(settings=settings, store=store, tokens=tokens, identity=identity)
 
 
 def _services() -> Services:
@@ -157,6 +166,8 @@ def _appinstall() -> tuple[Response, int]:
 
     event = parse_install_event(body)
     g.callback_type = event.type
+    identity = _verify_identity(services, event)
+
     expected_app = services.settings.iris_app_id
     if expected_app and event.iris_app_id != expected_app:
         log.warning(
@@ -172,34 +183,79 @@ def _appinstall() -> tuple[Response, int]:
         )
 
     if event.type == EVENT_UNINSTALLED:
-        return _uninstall(services, event)
+        return _uninstall(services, event, identity)
     if event.type != EVENT_INSTALLED:
         log.info("Ignored callback of type %r for account %s", event.type, event.account_id)
         return jsonify(status="ignored", type=event.type, accountId=event.account_id), 202
 
-    version = services.store.save(
-        event.account_id,
-        client_id=event.client_id,
-        client_secret=event.client_secret,
-        iris_app_id=event.iris_app_id,
-    )
+    outcome = _store_credentials(services, event, identity)
+    if outcome.status != "installed":
+        log.info(
+            "Kept credentials of account %s at version %d: the callback is %s",
+            event.account_id,
+            outcome.version,
+            _SKIPPED_DELIVERIES[outcome.status],
+        )
+        return jsonify(
+            status=outcome.status, accountId=event.account_id, version=outcome.version
+        ), 200
+
     evicted = services.tokens.evict(event.account_id)
 
     log.info(
         "Stored credentials for account %s as version %d (%d cached token(s) dropped)",
         event.account_id,
-        version,
+        outcome.version,
         evicted,
     )
-    return jsonify(status="installed", accountId=event.account_id, version=version), 200
+    return jsonify(status="installed", accountId=event.account_id, version=outcome.version), 200
 
 
-def _uninstall(services: Services, event: InstallEvent) -> tuple[Response, int]:
+def _verify_identity(services: Services, event: InstallEvent) -> VerifiedIdentity | None:
+    """Check the callback's Trackunit-Identity header, or return None when the check is off."""
+    if services.identity is None:
+        return None
+    return services.identity.verify(request.headers.get(IDENTITY_HEADER), event)
+
+
+def _store_credentials(
+    services: Services, event: InstallEvent, identity: VerifiedIdentity | None
+) -> SaveOutcome:
+    """Write the credentials, skipping stale or repeated deliveries when the token is known."""
+    if identity is None:
+        version = services.store.save(
+            event.account_id,
+            client_id=event.client_id,
+            client_secret=event.client_secret,
+            iris_app_id=event.iris_app_id,
+        )
+        return SaveOutcome("installed", version)
+    return services.store.save_delivery(
+        event.account_id,
+        client_id=event.client_id,
+        client_secret=event.client_secret,
+        iris_app_id=event.iris_app_id,
+        issued_at=identity.issued_at,
+    )
+
+
+def _uninstall(
+    services: Services, event: InstallEvent, identity: VerifiedIdentity | None
+) -> tuple[Response, int]:
     """Soft-delete the account's latest credentials and drop its cached tokens.
 
     Idempotent: an account with no live credentials gets 200 `not_installed`.
-    The deleted version stays in Vault, so an operator can undelete it.
+    The deleted version stays in Vault, so an operator can undelete it. An uninstall
+    signed before the delivery that wrote the live version is ignored as stale.
     """
+    if identity is not None and services.store.delivery_is_stale(
+        event.account_id, identity.issued_at
+    ):
+        log.info(
+            "Ignored uninstall for account %s: a newer install is stored", event.account_id
+        )
+        return jsonify(status="ignored_stale", accountId=event.account_id), 200
+
     version = services.store.delete_latest(event.account_id)
     evicted = services.tokens.evict(event.account_id)
 

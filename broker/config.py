@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 DEFAULT_TOKEN_URL = "https://auth.trackunit.com/apptoken"
 DEFAULT_K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+# Trackunit publishes the keys that sign the Trackunit-Identity header of callbacks here.
+DEFAULT_JWKS_URL = "https://iris.trackunit.com/api/marketplace/jwks"
 
 # Trackunit scopes look like "asset.view" or "account.asset.manage".
 _SCOPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -62,6 +64,14 @@ class Settings:
     token_invalid_client_backoff: float = 60.0
     log_level: str = "INFO"
     log_format: str = "text"
+    require_trackunit_identity: bool = True
+    trackunit_jwks_url: str = DEFAULT_JWKS_URL
+    trackunit_jwks_timeout: float = 2.5
+    trackunit_jwks_cache_ttl: int = 300
+    trackunit_jwks_min_refetch_interval: int = 30
+    trackunit_identity_leeway: int = 30
+    trackunit_identity_issuer: str | None = None
+    trackunit_identity_audience: str | None = None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -138,6 +148,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         log_format=env.choice("LOG_FORMAT", ("text", "json"), "text"),
+        require_trackunit_identity=env.boolean("REQUIRE_TRACKUNIT_IDENTITY", True),
+        trackunit_jwks_url=env.url("TRACKUNIT_JWKS_URL", default=DEFAULT_JWKS_URL),
+        trackunit_jwks_timeout=env.number("TRACKUNIT_JWKS_TIMEOUT", 2.5, minimum=0.1, maximum=10),
+        trackunit_jwks_cache_ttl=env.integer(
+            "TRACKUNIT_JWKS_CACHE_TTL", 300, minimum=10, maximum=86400
+        ),
+        trackunit_jwks_min_refetch_interval=env.integer(
+            "TRACKUNIT_JWKS_MIN_REFETCH_INTERVAL", 30, minimum=1, maximum=3600
+        ),
+        trackunit_identity_leeway=env.integer(
+            "TRACKUNIT_IDENTITY_LEEWAY", 30, minimum=0, maximum=300
+        ),
+        trackunit_identity_issuer=env.text("TRACKUNIT_IDENTITY_ISSUER"),
+        trackunit_identity_audience=env.text("TRACKUNIT_IDENTITY_AUDIENCE"),
     )
 
 
@@ -226,6 +250,16 @@ class _Env:
         if value not in choices:
             raise ConfigError(f"{name}={value!r} is invalid: use one of {', '.join(choices)}")
         return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("true", "1"):
+            return True
+        if raw.lower() in ("false", "0"):
+            return False
+        raise ConfigError(f"{name}={raw!r} is invalid: use true, false, 1 or 0")
 
     def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
         raw = self.text(name)

@@ -11,6 +11,7 @@ The lock only serialises re-logins, so two threads never log in at once.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -41,6 +42,17 @@ class StoredCredentials:
     client_secret: str = field(repr=False)
     iris_app_id: str | None
     installed_at: str | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SaveOutcome:
+    """The result of save_delivery(): `status` is installed, unchanged or ignored_stale.
+
+    `version` is the KV version written, or the current one when nothing was written.
+    """
+
+    status: str
     version: int
 
 
@@ -89,6 +101,53 @@ class CredentialStore:
             ),
         )
         return int(response["data"]["version"])
+
+    def save_delivery(
+        self,
+        account_id: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        iris_app_id: str | None,
+        issued_at: int,
+    ) -> SaveOutcome:
+        """Write the credentials of a verified callback unless a newer one was applied.
+
+        `issued_at` is the callback token's `iat`, stored as `deliveryIssuedAt`. Nothing is
+        written when the stored delivery is newer (ignored_stale) or is this same delivery
+        with the same credentials (unchanged). The write uses KV v2 check-and-set against
+        the version just read, so of two concurrent deliveries only one wins. On a conflict
+        the decision is made once more on a fresh read. Raises VaultUnavailable when Vault
+        fails or the second write conflicts too.
+        """
+        for attempt in (1, 2):
+            stored, version = self._read_latest(account_id)
+            stored_at = stored.get("deliveryIssuedAt")
+            if isinstance(stored_at, int) and not isinstance(stored_at, bool):
+                if stored_at > issued_at:
+                    return SaveOutcome("ignored_stale", version)
+                if stored_at == issued_at and _same_credentials(
+                    stored, client_id, client_secret, iris_app_id
+                ):
+                    return SaveOutcome("unchanged", version)
+
+            secret = self._secret(client_id, client_secret, iris_app_id)
+            secret["deliveryIssuedAt"] = issued_at
+            written = self._call(
+                "write", lambda: self._write_if_version(account_id, secret, version)
+            )
+            if written is not None:
+                return SaveOutcome("installed", written)
+            log.info(
+                "Vault check-and-set conflict for account %s at version %d (attempt %d)",
+                account_id,
+                version,
+                attempt,
+            )
+        raise VaultUnavailable(
+            f"Concurrent callbacks for account {account_id} kept changing its Vault entry, "
+            "so this one was not applied. Retry the callback."
+        )
 
     def load(self, account_id: str) -> StoredCredentials | None:
         """Return the latest credentials, or None when none exist or the latest is deleted."""
@@ -275,6 +334,63 @@ class CredentialStore:
             return exc.message
         return None
 
+    def _secret(self, client_id: str, client_secret: str, iris_app_id: str | None) -> dict:
+        installed_at = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
+        return {
+            "clientId": client_id,
+            "clientSecret": client_secret,
+            "irisAppId": iris_app_id,
+            "installedAt": installed_at.isoformat().replace("+00:00", "Z"),
+        }
+
+    def _read_latest(self, account_id: str) -> tuple[dict, int]:
+        """Return the latest version's data ({} when deleted) and number (0 when none exists).
+
+        NOTE: a soft-deleted latest version has no readable deliveryIssuedAt, so any
+        delivery is applied over it, however old.
+        """
+        try:
+            response = self._call(
+                "read",
+                lambda: self._client.secrets.kv.v2.read_secret_version(
+                    path=self._path(account_id),
+                    mount_point=self._mount,
+                    raise_on_deleted_version=False,
+                ),
+                missing_ok=True,
+            )
+        except _Missing:
+            # A destroyed latest version reads as missing but still has a version number.
+            return {}, self._current_version(account_id)
+        data = response["data"]["data"] or {}
+        metadata = response["data"]["metadata"] or {}
+        return data, int(metadata.get("version") or 0)
+
+    def _current_version(self, account_id: str) -> int:
+        history = self.history(account_id, with_fields=False)
+        return history.current_version if history is not None else 0
+
+    def delivery_is_stale(self, account_id: str, issued_at: int) -> bool:
+        """Tell whether the live version was written by a delivery issued after `issued_at`.
+
+        Lets an uninstall that arrives late leave a newer install alone.
+        """
+        data, _ = self._read_latest(account_id)
+        stored_at = data.get("deliveryIssuedAt")
+        return isinstance(stored_at, int) and stored_at > issued_at
+
+    def _write_if_version(self, account_id: str, secret: dict, version: int) -> int | None:
+        """Write with check-and-set `version`, returning the new version or None on conflict."""
+        try:
+            response = self._client.secrets.kv.v2.create_or_update_secret(
+                path=self._path(account_id), secret=secret, cas=version, mount_point=self._mount
+            )
+        except hvac.exceptions.InvalidRequest as exc:
+            if "check-and-set" in str(exc):
+                return None
+            raise
+        return int(response["data"]["version"])
+
     def _path(self, account_id: str) -> str:
         return f"{self._prefix}/{account_id}"
 
@@ -338,6 +454,18 @@ def _reason_code(error: Exception) -> str:
     if isinstance(error, requests.ConnectionError):
         return "connection"
     return "other"
+
+
+def _same_credentials(
+    stored: dict, client_id: str, client_secret: str, iris_app_id: str | None
+) -> bool:
+    stored_secret = stored.get("clientSecret")
+    return (
+        stored.get("clientId") == client_id
+        and stored.get("irisAppId") == iris_app_id
+        and isinstance(stored_secret, str)
+        and hmac.compare_digest(stored_secret.encode(), client_secret.encode())
+    )
 
 
 def _describe(error: Exception) -> str:

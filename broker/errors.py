@@ -116,3 +116,32 @@ class UpstreamRateLimited(UpstreamError):
     def __init__(self, message: str, retry_after: float | None = None, **details: object):
         super().__init__(message, **details)
         self.retry_after = retry_after
+
+
+class IdentityRejected(Unauthorized):
+    """The Trackunit-Identity header of a callback failed a check. Nothing was written.
+
+    `reason` names the check: missing_header, malformed_token, missing_claim, unknown_key,
+    bad_signature, algorithm_not_allowed, expired, not_yet_valid or claim_mismatch.
+    Not safe to retry with the same token.
+    """
+
+    code = "identity_rejected"
+
+    def __init__(self, message: str, *, reason: str, **details: object):
+        super().__init__(message, reason=reason, header="Trackunit-Identity", **details)
+        self.reason = reason
+
+
+class IdentityUnavailable(BrokerError, ConnectionError):
+    """The keys that verify a callback's Trackunit-Identity header could not be fetched.
+
+    Answered with 503 so Trackunit retries the callback. Safe to retry after `retry_after`.
+    """
+
+    status = 503
+    code = "identity_keys_unavailable"
+
+    def __init__(self, message: str, retry_after: float | None = None, **details: object):
+        super().__init__(message, **details)
+        self.retry_after = retry_after

@@ -6,6 +6,9 @@ expires_in, access_token and the granted scope; OAuth 2.0 errors (invalid_client
 invalid_scope, unsupported_grant_type) otherwise. Clients are registered in memory with the
 scopes they may receive. Tokens are random opaque strings, not signed JWTs.
 
+It also serves `GET /jwks`: the public key that signs the sandbox's install callbacks
+(see sandbox/callback_signing.py), in place of Trackunit's marketplace JWKS.
+
 Run it alone with:
     python sandbox/trackunit_standin.py --port 8081 --client ID:SECRET:scope1,scope2
 """
@@ -19,7 +22,15 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs
+
+if __package__ in (None, ""):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sandbox.callback_signing import DEFAULT_KEY_DIR, load_or_create
 
 
 @dataclass
@@ -32,7 +43,7 @@ class RegisteredClient:
 
 @dataclass
 class StandinState:
-    """Registered clients, the token lifetime, and a count of requests for tests to read.
+    """Registered clients, the token lifetime, the JWKS, and request counts for tests to read.
 
     Fault injection for tests: script() queues canned responses that the next requests
     get instead of the normal ones, and hang() makes requests wait without a response
@@ -43,6 +54,8 @@ class StandinState:
     expires_in: int = 3600
     request_count: int = 0
     max_hang: float = 30.0
+    jwks: dict | None = None
+    jwks_request_count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     scripted: deque[tuple[int, dict]] = field(default_factory=deque)
     released: threading.Event = field(default_factory=threading.Event)
@@ -72,6 +85,16 @@ class StandinState:
 class _Handler(BaseHTTPRequestHandler):
     server: "StandinServer"
     protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - the name is fixed by http.server
+        state = self.server.state
+        with state.lock:
+            state.jwks_request_count += 1
+            jwks = state.jwks
+        if self.path.split("?")[0] != "/jwks" or jwks is None:
+            self._reply(404, {"error": "not_found"})
+            return
+        self._reply(200, jwks)
 
     def do_POST(self) -> None:  # noqa: N802 - the name is fixed by http.server
         state = self.server.state
@@ -155,6 +178,11 @@ class StandinServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/apptoken"
 
+    @property
+    def jwks_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/jwks"
+
 
 def start_in_thread(state: StandinState | None = None, port: int = 0) -> StandinServer:
     """Start a stand-in on 127.0.0.1 in a daemon thread and return it. Call shutdown() to stop."""
@@ -174,15 +202,23 @@ def main(argv: list[str] | None = None) -> int:
         help="register a client; SCOPES is comma-separated. May repeat.",
     )
     parser.add_argument("--expires-in", type=int, default=3600, help="token lifetime in seconds")
+    parser.add_argument(
+        "--signing-key-dir",
+        type=Path,
+        default=DEFAULT_KEY_DIR,
+        help="directory of the callback signing key whose public half /jwks serves "
+        "(created when missing; default .local/sandbox)",
+    )
     args = parser.parse_args(argv)
 
-    state = StandinState(expires_in=args.expires_in)
+    signing_key = load_or_create(args.signing_key_dir)
+    state = StandinState(expires_in=args.expires_in, jwks=signing_key.jwks())
     for spec in args.client:
         client_id, client_secret, scopes = spec.split(":", 2)
         state.register(client_id, client_secret, set(scopes.replace(",", " ").split()))
 
     server = StandinServer(("127.0.0.1", args.port), state)
-    print(f"Trackunit stand-in serving {server.token_url}", flush=True)
+    print(f"Trackunit stand-in serving {server.token_url} and {server.jwks_url}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -125,7 +125,11 @@ def kv_prefix() -> str:
 
 @pytest.fixture
 def base_env(openbao, kv_prefix) -> dict[str, str]:
-    """Environment variables for a service against the session's OpenBao and requests-mock."""
+    """Environment variables for a service against the session's OpenBao and requests-mock.
+
+    The Trackunit-Identity check is off here, so tests can post unsigned callbacks. Tests
+    of the check turn it on with a loopback JWKS (tests/test_install_identity.py).
+    """
     return {
         "VAULT_ADDR": openbao.addr,
         "VAULT_TOKEN": openbao.root_token,
@@ -135,6 +139,7 @@ def base_env(openbao, kv_prefix) -> dict[str, str]:
         "TRACKUNIT_SCOPES": SCOPES,
         "TRACKUNIT_TOKEN_URL": TOKEN_URL,
         "TRACKUNIT_TIMEOUT": "2",
+        "REQUIRE_TRACKUNIT_IDENTITY": "false",
     }
 
 

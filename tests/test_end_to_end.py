@@ -5,6 +5,7 @@ import subprocess
 import pytest
 import requests
 
+from sandbox.callback_signing import load_or_create
 from sandbox.trackunit_standin import StandinState, start_in_thread
 from tests.conftest import API_KEY, SCOPES, free_port
 from tests.processes import gunicorn_service
@@ -15,9 +16,15 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def standin():
-    """The stand-in token endpoint, knowing the documented client."""
-    state = StandinState()
+def signing_key(tmp_path):
+    """The sandbox key that signs callbacks, as `sandbox/send_callback.py` uses it."""
+    return load_or_create(tmp_path / "sandbox")
+
+
+@pytest.fixture
+def standin(signing_key):
+    """The stand-in token endpoint and JWKS, knowing the documented client."""
+    state = StandinState(jwks=signing_key.jwks())
     state.register(DOCUMENTED_MESSAGE["clientId"], DOCUMENTED_MESSAGE["clientSecret"], set(SCOPES.split()))
     server = start_in_thread(state)
     yield server
@@ -30,22 +37,33 @@ def local_vault(tmp_path):
     """Start the raft-backed local OpenBao as `scripts/run-local` does; yield a restart function."""
     data_dir = tmp_path / "openbao"
     port = free_port()
-    state = {"process": start_server(data_dir, port)}
     addr = f"http://127.0.0.1:{port}"
-    state["token"] = prepare(addr, data_dir)
+    state = {"process": None, "token": None}
 
-    def restart():
-        state["process"].terminate()
-        state["process"].wait(timeout=15)
+    def start():
         state["process"] = start_server(data_dir, port)
         state["token"] = prepare(addr, data_dir)
 
-    yield addr, state, restart
-    state["process"].terminate()
+    def stop():
+        process = state["process"]
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def restart():
+        stop()
+        start()
+
     try:
-        state["process"].wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        state["process"].kill()
+        start()
+        yield addr, state, restart
+    finally:
+        stop()
 
 
 def service_env(addr, token, standin):
@@ -55,17 +73,20 @@ def service_env(addr, token, standin):
         "INTERNAL_API_KEYS": API_KEY,
         "TRACKUNIT_SCOPES": SCOPES,
         "TRACKUNIT_TOKEN_URL": standin.token_url,
-        "REQUIRE_TRACKUNIT_IDENTITY": "false",
+        "TRACKUNIT_JWKS_URL": standin.jwks_url,
     }
 
 
-def test_walkthrough_survives_restart(local_vault, standin, tmp_path):
+def test_walkthrough_survives_restart(local_vault, standin, signing_key, tmp_path):
     addr, vault_state, restart_vault = local_vault
     headers = {"Authorization": f"Bearer {API_KEY}"}
     env = service_env(addr, vault_state["token"], standin)
+    identity = {"Trackunit-Identity": signing_key.sign_callback(DOCUMENTED_MESSAGE)}
 
     with gunicorn_service(env, free_port(), tmp_path / "first.log") as url:
-        installed = requests.post(f"{url}/appinstall", json=DOCUMENTED_MESSAGE, timeout=10)
+        installed = requests.post(
+            f"{url}/appinstall", json=DOCUMENTED_MESSAGE, headers=identity, timeout=10
+        )
         first = requests.get(f"{url}/token/{ACCOUNT}", headers=headers, timeout=10)
         second = requests.get(f"{url}/token/{ACCOUNT}", headers=headers, timeout=10)
 
@@ -85,7 +106,12 @@ def test_walkthrough_survives_restart(local_vault, standin, tmp_path):
 
 def test_service_log_has_no_secret(openbao, base_env, standin, tmp_path):
     log_path = tmp_path / "service.log"
-    env = {**base_env, "TRACKUNIT_TOKEN_URL": standin.token_url, "LOG_LEVEL": "DEBUG"}
+    env = {
+        **base_env,
+        "TRACKUNIT_TOKEN_URL": standin.token_url,
+        "TRACKUNIT_JWKS_URL": standin.jwks_url,
+        "LOG_LEVEL": "DEBUG",
+    }
 
     with gunicorn_service(env, free_port(), log_path) as url:
         requests.post(f"{url}/appinstall", json=DOCUMENTED_MESSAGE, timeout=10)

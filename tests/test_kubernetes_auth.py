@@ -11,7 +11,9 @@ asks for the review.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -30,7 +32,8 @@ from broker.config import load_settings
 from broker.credentials import CredentialStore
 from broker.errors import VaultUnavailable
 from broker.vault_auth import KubernetesAuth, make_authenticator, make_vault_client
-from vault.local_server import render_policy
+from tests.conftest import ROOT
+from vault.local_server import bao_binary, render_policy
 
 NAMESPACE = "iris"
 SERVICE_ACCOUNT = "iris-token-broker"
@@ -453,3 +456,93 @@ def test_login_sends_vault_namespace(openbao, kubernetes_api, reviews, k8s_env, 
         remove_kubernetes_auth(scoped_root, setup)
         scoped_root.sys.disable_secrets_engine("secret")
         root.sys.delete_namespace(namespace)
+
+
+CONFIGURE_SCRIPT = ROOT / "vault" / "configure-kubernetes.sh"
+
+
+def run_configure_script(openbao, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run vault/configure-kubernetes.sh with the bao CLI against the session's OpenBao."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "VAULT_CLI": bao_binary(),
+        "BAO_ADDR": openbao.addr,
+        "BAO_TOKEN": openbao.root_token,
+        **extra_env,
+    }
+    return subprocess.run(
+        ["bash", str(CONFIGURE_SCRIPT)], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def script_env(kubernetes_api, reviews, tmp_path):
+    """Settings for the configure script: fresh mounts, the stand-in and its CA and reviewer JWT."""
+    suffix = uuid.uuid4().hex[:8]
+    ca_file = tmp_path / "kubernetes-ca.pem"
+    ca_file.write_text(_self_signed_ca_pem())
+    reviewer_file = tmp_path / "reviewer.jwt"
+    reviewer_file.write_text(reviews.reviewer_jwt)
+    return {
+        "KV_MOUNT": f"kv-{suffix}",
+        "KV_PREFIX": "iris-token-broker/accounts",
+        "POLICY_NAME": f"iris-token-broker-{suffix}",
+        "AUTH_MOUNT": f"k8s-{suffix}",
+        "K8S_HOST": kubernetes_api.url,
+        "K8S_CA_CERT": str(ca_file),
+        "TOKEN_REVIEWER_JWT": str(reviewer_file),
+        "DISABLE_LOCAL_CA_JWT": "true",
+        "K8S_NAMESPACE": NAMESPACE,
+        "SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+        "TOKEN_TTL": "5m",
+    }
+
+
+@pytest.fixture
+def configured(openbao, script_env):
+    """The configure script's result on fresh mounts, removed again afterwards."""
+    result = run_configure_script(openbao, script_env)
+    yield result
+    root = openbao.client()
+    root.sys.disable_auth_method(script_env["AUTH_MOUNT"])
+    root.sys.disable_secrets_engine(script_env["KV_MOUNT"])
+    root.sys.delete_policy(script_env["POLICY_NAME"])
+
+
+def test_configure_script_lets_service_log_in(configured, script_env, k8s_env, clock):
+    settings = load_settings(
+        {
+            **k8s_env,
+            "VAULT_K8S_ROLE": "iris-token-broker",
+            "VAULT_K8S_AUTH_MOUNT": script_env["AUTH_MOUNT"],
+            "VAULT_KV_MOUNT": script_env["KV_MOUNT"],
+            "VAULT_KV_PREFIX": script_env["KV_PREFIX"],
+        }
+    )
+    service = build_service(settings, clock)
+
+    version = save_account(service.store)
+    policies = service.client.auth.token.lookup_self()["data"]["policies"]
+
+    assert configured.returncode == 0, configured.stderr
+    assert version == 1
+    assert script_env["POLICY_NAME"] in policies
+
+
+def test_configure_script_runs_again(configured, openbao, script_env):
+    again = run_configure_script(openbao, script_env)
+
+    assert configured.returncode == 0, configured.stderr
+    assert again.returncode == 0, again.stderr
+    assert f"KV mount {script_env['KV_MOUNT']}/ exists" in again.stdout
+
+
+def test_configure_script_requires_namespace(openbao, script_env):
+    env = dict(script_env)
+    del env["K8S_NAMESPACE"]
+
+    result = run_configure_script(openbao, env)
+
+    assert result.returncode == 2
+    assert "K8S_NAMESPACE is missing" in result.stderr

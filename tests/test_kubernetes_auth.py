@@ -44,11 +44,11 @@ ACCOUNT_ID = "6b5cb246-7945-4bb6-bec5-2a1413ffd1b3"
 
 @dataclass
 class ReviewLog:
-    """Tokens the stand-in accepts (token to service-account uid), and every token it
-    was asked to review, in order."""
+    """Tokens the stand-in accepts (token to service-account uid and audiences), and
+    every token it was asked to review, in order."""
 
     reviewer_jwt: str
-    accepted: dict[str, str] = field(default_factory=dict)
+    accepted: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
     reviewed: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -70,10 +70,11 @@ class _TokenReviewHandler(BaseHTTPRequestHandler):
         token = body["spec"]["token"]
         with state.lock:
             state.reviewed.append(token)
-            uid = state.accepted.get(token)
+            uid, token_audiences = state.accepted.get(token, (None, []))
         # Like the API server, authenticate only for a requested audience the token has,
         # and list it in status.audiences, which OpenBao checks.
-        audiences = [a for a in body["spec"].get("audiences") or [API_AUDIENCE] if a == API_AUDIENCE]
+        requested = body["spec"].get("audiences") or [API_AUDIENCE]
+        audiences = [audience for audience in requested if audience in token_audiences]
         status: dict[str, object] = {"authenticated": False, "error": "token is not valid"}
         if uid is not None and audiences:
             status = {
@@ -123,12 +124,12 @@ class ServiceAccountIssuer:
         self._reviews = reviews
         self.uid = str(uuid.uuid4())
 
-    def issue(self) -> str:
+    def issue(self, audience: str = API_AUDIENCE) -> str:
         """Return a new token for the service account that the stand-in accepts."""
         claims = {
             "iss": "https://kubernetes.default.svc.cluster.local",
             "sub": f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}",
-            "aud": [API_AUDIENCE],
+            "aud": [audience],
             "jti": secrets.token_hex(8),
             "kubernetes.io": {
                 "namespace": NAMESPACE,
@@ -140,7 +141,7 @@ class ServiceAccountIssuer:
         }
         token = jwt.encode(claims, self._key, algorithm="RS256")
         with self._reviews.lock:
-            self._reviews.accepted[token] = self.uid
+            self._reviews.accepted[token] = (self.uid, [audience])
         return token
 
 
@@ -510,7 +511,8 @@ def configured(openbao, script_env):
     root.sys.delete_policy(script_env["POLICY_NAME"])
 
 
-def test_configure_script_lets_service_log_in(configured, script_env, k8s_env, clock):
+def test_configure_script_lets_service_log_in(configured, script_env, k8s_env, issuer, token_file, clock):
+    token_file.write_text(issuer.issue(audience="vault"))
     settings = load_settings(
         {
             **k8s_env,
@@ -528,6 +530,24 @@ def test_configure_script_lets_service_log_in(configured, script_env, k8s_env, c
     assert configured.returncode == 0, configured.stderr
     assert version == 1
     assert script_env["POLICY_NAME"] in policies
+
+
+def test_configure_script_role_requires_audience(configured, script_env, k8s_env, token_file, clock):
+    settings = load_settings(
+        {
+            **k8s_env,
+            "VAULT_K8S_ROLE": "iris-token-broker",
+            "VAULT_K8S_AUTH_MOUNT": script_env["AUTH_MOUNT"],
+            "VAULT_KV_MOUNT": script_env["KV_MOUNT"],
+        }
+    )
+    service = build_service(settings, clock)
+
+    with pytest.raises(VaultUnavailable) as caught:
+        save_account(service.store)
+
+    assert configured.returncode == 0, configured.stderr
+    assert "permission denied (403)" in caught.value.message
 
 
 def test_configure_script_runs_again(configured, openbao, script_env):

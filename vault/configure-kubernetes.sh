@@ -31,7 +31,8 @@
 #   K8S_NAMESPACE         the namespace the service runs in (required)
 #   TOKEN_TTL             TTL of the service's Vault token [1h]
 #   TOKEN_MAX_TTL         lifetime after which the service must log in again [24h]
-#   AUDIENCE              audience the ServiceAccount token must carry [empty: any]
+#   AUDIENCE              audience the ServiceAccount token must carry, the chart's
+#                         vault.kubernetes.tokenAudience; empty accepts any [vault]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -44,6 +45,7 @@ role_name=${ROLE_NAME:-iris-token-broker}
 service_account=${SERVICE_ACCOUNT:-iris-token-broker}
 token_ttl=${TOKEN_TTL:-1h}
 token_max_ttl=${TOKEN_MAX_TTL:-24h}
+audience=${AUDIENCE-vault}
 
 kv_mount=${kv_mount%/}
 kv_prefix=${kv_prefix#/}
@@ -96,8 +98,8 @@ role_args=(
   "token_ttl=$token_ttl"
   "token_max_ttl=$token_max_ttl"
 )
-if [[ -n "${AUDIENCE:-}" ]]; then
-  role_args+=("audience=$AUDIENCE")
+if [[ -n "$audience" ]]; then
+  role_args+=("audience=$audience")
 fi
 "$cli" write "auth/$auth_mount/role/$role_name" "${role_args[@]}"
 

@@ -32,7 +32,7 @@ from broker.config import load_settings
 from broker.credentials import CredentialStore
 from broker.errors import VaultUnavailable
 from broker.vault_auth import KubernetesAuth, make_authenticator, make_vault_client
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TOKEN_URL
 from vault.local_server import bao_binary, render_policy
 
 NAMESPACE = "iris"
@@ -219,7 +219,7 @@ def reviews():
 def kubernetes_api(reviews):
     """The TokenReview stand-in on a free loopback port."""
     server = TokenReviewServer(reviews)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
     server.shutdown()
@@ -566,3 +566,24 @@ def test_configure_script_requires_namespace(openbao, script_env):
 
     assert result.returncode == 2
     assert "K8S_NAMESPACE is missing" in result.stderr
+
+
+def test_app_flow_with_kubernetes_auth(make_app, k8s_settings, trackunit, auth_header):
+    client = make_app(k8s_settings).test_client()
+    trackunit.register_uri(
+        "POST", TOKEN_URL, json={"access_token": "access-1", "token_type": "Bearer", "expires_in": 3600}
+    )
+    install = {
+        "type": "INSTALLED",
+        "accountId": ACCOUNT_ID,
+        "clientId": "client-1",
+        "clientSecret": "secret-1",
+    }
+
+    ready = client.get("/readyz")
+    installed = client.post("/appinstall", json=install)
+    token = client.get(f"/token/{ACCOUNT_ID}", headers=auth_header)
+
+    assert ready.status_code == 200
+    assert installed.status_code == 200
+    assert token.json["access_token"] == "access-1"

@@ -146,13 +146,16 @@ class StaticTokenAuth(_LeaseKeeper):
             "VAULT_TOKEN cannot be renewed beyond %d s more; replace it before it expires",
             lease.ttl,
         )
+        # Stop tracking it, so the warning is logged once and not before every call.
+        self._lease = None
 
 
 class KubernetesAuth(_LeaseKeeper):
     """Vault's Kubernetes auth method with the pod's service-account token.
 
-    Every login() reads the token file again, because the kubelet rotates a projected
-    service-account token (hourly by default) and an old one is rejected once expired.
+    Every login() reads the token file again, because the kubelet replaces a projected
+    service-account token once 80 % of its lifetime has passed, and Kubernetes rejects
+    the old one after it expires.
     """
 
     def __init__(

@@ -215,3 +215,19 @@ def test_root_token_never_renewed(openbao, settings, clock):
 
     assert authenticator.lease.ttl == 0
     assert not client.auth.token.lookup_self()["data"].get("last_renewal_time")
+
+
+def test_non_renewable_token_warned_once(openbao, service_policy, settings, clock, caplog):
+    token = create_limited_token(openbao, service_policy, renewable=False)
+    client = make_vault_client(with_settings(settings, vault_token=token))
+    authenticator = StaticTokenAuth(token, clock=clock)
+    store = CredentialStore(client, authenticator, mount="secret", prefix=settings.vault_kv_prefix)
+
+    store.load(ACCOUNT_ID)
+    clock.advance(2401)
+    store.load(ACCOUNT_ID)
+    store.load(ACCOUNT_ID)
+    warnings = [record for record in caplog.records if "cannot be renewed" in record.getMessage()]
+
+    assert len(warnings) == 1
+    assert authenticator.lease is None

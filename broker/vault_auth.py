@@ -49,7 +49,7 @@ class VaultAuthenticator(Protocol):
 
 @dataclass
 class TokenLease:
-    """What Vault reported about the current token: its TTL in seconds and whether it renews.
+    """The current token's TTL in seconds and whether it renews, as Vault reported them.
 
     `ttl` 0 means the token never expires (a root token, for example).
     """

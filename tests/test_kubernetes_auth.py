@@ -14,15 +14,21 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import helm_python as helm
 import hvac
 import jwt
 import pytest
+import requests
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -32,7 +38,8 @@ from broker.config import load_settings
 from broker.credentials import CredentialStore
 from broker.errors import VaultUnavailable
 from broker.vault_auth import KubernetesAuth, make_authenticator, make_vault_client
-from tests.conftest import ROOT, TOKEN_URL
+from sandbox import trackunit_standin
+from tests.conftest import API_KEY, ROOT, TOKEN_URL, free_port
 from vault.local_server import bao_binary, render_policy
 
 NAMESPACE = "iris"
@@ -587,3 +594,88 @@ def test_app_flow_with_kubernetes_auth(make_app, k8s_settings, trackunit, auth_h
     assert ready.status_code == 200
     assert installed.status_code == 200
     assert token.json["access_token"] == "access-1"
+
+
+def _image_command() -> list[str]:
+    """Return the Dockerfile's ENTRYPOINT followed by its CMD, as the container runs them."""
+    command: list[str] = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith(("ENTRYPOINT ", "CMD ")):
+            command += json.loads(line.split(None, 1)[1])
+    return command
+
+
+def _chart_settings(openbao, kv_prefix: str, token_url: str) -> dict[str, str]:
+    """Render the chart's ConfigMap for this OpenBao and stand-in, and return its data."""
+    values = yaml.safe_load((ROOT / "helm" / "iris-token-broker" / "ci" / "minimal-values.yaml").read_text())
+    values["vault"].update(addr=openbao.addr, kvPrefix=kv_prefix)
+    values["trackunit"]["tokenUrl"] = token_url
+    with helm.Chart.load(ROOT / "helm" / "iris-token-broker") as chart:
+        rendered = chart.render(values=values, name="iris", namespace=NAMESPACE)
+    return yaml.safe_load(rendered["iris-token-broker/templates/configmap.yaml"])["data"]
+
+
+@pytest.mark.e2e
+def test_gunicorn_serves_with_chart_settings(openbao, auth_setup, token_file, kv_prefix, tmp_path):
+    standin = trackunit_standin.start_in_thread()
+    standin.state.register("client-1", "secret-1", {"asset.view", "account.asset.manage"})
+    port = free_port()
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        **_chart_settings(openbao, kv_prefix, standin.token_url),
+        # The pod's paths and bind address, moved to this machine's loopback and tmp_path.
+        "VAULT_K8S_ROLE": auth_setup.role,
+        "VAULT_K8S_AUTH_MOUNT": auth_setup.mount,
+        "VAULT_K8S_TOKEN_PATH": str(token_file),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "INTERNAL_API_KEYS": API_KEY,
+    }
+    command = _image_command()
+    command[0] = str(Path(sys.executable).with_name(command[0]))
+    base = f"http://127.0.0.1:{port}"
+    log_file = open(tmp_path / "gunicorn.log", "wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_health(base, process)
+        install = {
+            "type": "INSTALLED",
+            "accountId": ACCOUNT_ID,
+            "clientId": "client-1",
+            "clientSecret": "secret-1",
+        }
+
+        ready = requests.get(f"{base}/readyz", timeout=10)
+        installed = requests.post(f"{base}/appinstall", json=install, timeout=10)
+        token = requests.get(
+            f"{base}/token/{ACCOUNT_ID}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+        )
+
+        assert ready.status_code == 200, ready.text
+        assert installed.status_code == 200, installed.text
+        assert token.status_code == 200, token.text
+        assert token.json()["access_token"].startswith("standin.")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log_file.close()
+        standin.shutdown()
+        standin.server_close()
+
+
+def _wait_for_health(base: str, process: subprocess.Popen) -> None:
+    """Wait up to 20 s for /healthz, failing early when gunicorn exits."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"gunicorn exited with code {process.returncode}; see gunicorn.log")
+        try:
+            requests.get(f"{base}/healthz", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    pytest.fail("gunicorn did not answer /healthz within 20 s")

@@ -6,7 +6,7 @@ translated into VaultUnavailable in _call(), the one place that talks to Vault. 
 triggers one fresh login and one retry, because that is how an expired token shows.
 
 Thread safety: hvac's client wraps one requests.Session, which the gthread workers share.
-The lock only serialises re-logins, so two threads never log in at once.
+The lock only serialises logins and token renewals, so two threads never do either at once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import requests
 from . import metrics
 from .account_history import AccountHistory, VersionInfo, mask, parse_metadata
 from .errors import VaultUnavailable
-from .vault_auth import VaultAuthenticator
+from .vault_auth import ServiceAccountTokenError, VaultAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -398,6 +398,14 @@ class CredentialStore:
         with self._login_lock:
             self._authenticator.login(self._client)
 
+    def _prepare_token(self) -> None:
+        """Log in when the client has no token yet, else renew the token when it is due."""
+        if not self._client.token:
+            self._login()
+            return
+        with self._login_lock:
+            self._authenticator.renew_if_due(self._client)
+
     def _call(self, action: str, operation: Callable[[], T], *, missing_ok: bool = False) -> T:
         """Run one Vault operation, logging in again once on 403, translating every error.
 
@@ -407,8 +415,8 @@ class CredentialStore:
         started = time.perf_counter()
         for attempt in (1, 2):
             try:
-                if not self._client.token and action != "login":
-                    self._login()
+                if action != "login":
+                    self._prepare_token()
                 result = operation()
                 metrics.record_vault(action, time.perf_counter() - started)
                 return result
@@ -423,11 +431,19 @@ class CredentialStore:
                     try:
                         self._login()
                         continue
-                    except (requests.RequestException, hvac.exceptions.VaultError) as login_exc:
+                    except (
+                        requests.RequestException,
+                        hvac.exceptions.VaultError,
+                        ServiceAccountTokenError,
+                    ) as login_exc:
                         error = login_exc
                 else:
                     error = exc
-            except (requests.RequestException, hvac.exceptions.VaultError) as exc:
+            except (
+                requests.RequestException,
+                hvac.exceptions.VaultError,
+                ServiceAccountTokenError,
+            ) as exc:
                 error = exc
             break
 
@@ -470,6 +486,8 @@ def _same_credentials(
 
 def _describe(error: Exception) -> str:
     """Name an hvac or requests error without its message, which may echo request data."""
+    if isinstance(error, ServiceAccountTokenError):
+        return str(error)
     if isinstance(error, hvac.exceptions.VaultDown):
         return "Vault is sealed or down (503)"
     if isinstance(error, hvac.exceptions.Forbidden):

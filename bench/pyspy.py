@@ -19,7 +19,11 @@ _LINE_NUMBER = re.compile(r":\d+\)$")
 
 
 def record(pid: int, seconds: float, output: Path, rate: int = 200) -> subprocess.Popen:
-    """Start `py-spy record` on pid in raw (collapsed) format and return the process."""
+    """Start `py-spy record` on pid in raw (collapsed) format and return the process.
+
+    --gil keeps only samples of the thread holding the GIL, so the profile shows where
+    the worker spends CPU in Python, not where its idle threads wait.
+    """
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     command = [
         py_spy, "record",
@@ -28,6 +32,7 @@ def record(pid: int, seconds: float, output: Path, rate: int = 200) -> subproces
         "--rate", str(rate),
         "--format", "raw",
         "--nonblocking",
+        "--gil",
         "--output", str(output),
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -38,7 +43,7 @@ def _frame_name(frame: str) -> str:
     return _LINE_NUMBER.sub(")", frame.strip())
 
 
-def summarise(collapsed: str, top: int = 25) -> tuple[int, list[tuple[str, float, float]]]:
+def summarise(collapsed: str, top: int = 40) -> tuple[int, list[tuple[str, float, float]]]:
     """Return total samples and the `top` functions as (name, inclusive %, self %).
 
     Inclusive counts a sample once per function even when the function recurses.

@@ -136,10 +136,10 @@ def render_markdown(results: dict) -> str:
         "",
         f"Cold path, median over {cold['accounts']} accounts (ms):",
         "",
-        "| first `GET /token` | own Vault read | own token POST | overhead | overhead p90 |",
-        "|---:|---:|---:|---:|---:|",
+        "| first `GET /token` | own Vault read | own token POST | overhead | overhead p90 | second `GET /token` |",
+        "|---:|---:|---:|---:|---:|---:|",
         f"| {cold['cold_get_ms']:.2f} | {cold['vault_read_ms']:.2f} | {cold['token_post_ms']:.2f} "
-        f"| {cold['overhead_ms']:.2f} | {cold['overhead_p90_ms']:.2f} |",
+        f"| {cold['overhead_ms']:.2f} | {cold['overhead_p90_ms']:.2f} | {cold['hot_get_ms']:.2f} |",
     ]
 
     workers = results["settings"]["workers"]
@@ -162,4 +162,17 @@ def render_markdown(results: dict) -> str:
     ]
     for target in check_targets(results):
         lines.append(f"| {target.name} | {target.measured} | {target.limit} | {'yes' if target.met else 'NO'} |")
+
+    profile = results.get("profile")
+    if profile and profile.get("functions"):
+        lines += [
+            "",
+            f"py-spy profile of one worker under hot-path load ({profile['samples']} samples "
+            "holding the GIL), functions by share of samples:",
+            "",
+            "| function | inclusive % | self % |",
+            "|---|---:|---:|",
+        ]
+        for function in profile["functions"]:
+            lines.append(f"| `{function['name']}` | {function['inclusive_pct']} | {function['self_pct']} |")
     return "\n".join(lines) + "\n"

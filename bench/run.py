@@ -46,8 +46,8 @@ VAULT_PREFIX = "iris-token-broker/accounts"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line. Every duration and count has a default that fits ~4 minutes."""
     parser = argparse.ArgumentParser(description="Benchmark iris-token-broker's token path.")
-    parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (s)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved a,b,c rounds")
+    parser.add_argument("--seconds", type=float, default=5, help="length of each wrk run (s)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved a,b,c rounds")
     parser.add_argument("--connections", type=int, default=32, help="wrk keep-alive connections")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--hot-accounts", type=int, default=100, help="accounts a and c spread over")
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="GUNICORN_WORKERS for both servers")
     parser.add_argument("--threads", type=int, help="GUNICORN_THREADS for both servers")
     parser.add_argument(
-        "--profile", type=float, default=0, metavar="SECONDS",
+        "--profile", type=float, default=10, metavar="SECONDS",
         help="also record a py-spy profile of one worker under hot-path load (0 = off)",
     )
     parser.add_argument(

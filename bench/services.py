@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import hvac.exceptions
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,7 @@ if str(ROOT) not in sys.path:
 from vault.local_server import prepare, start_server  # noqa: E402
 
 _START_TIMEOUT_SECONDS = 30
+_PREPARE_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -66,7 +68,16 @@ def start_vault(work_dir: Path) -> Vault:
     data_dir = work_dir / "openbao"
     process = start_server(data_dir, port)
     addr = f"http://127.0.0.1:{port}"
-    token = prepare(addr, data_dir)
+    # NOTE: prepare() can fail with "local node not active" when raft loses leadership
+    # right after unsealing. It is idempotent, so a bounded retry is safe here.
+    for attempt in range(1, _PREPARE_ATTEMPTS + 1):
+        try:
+            token = prepare(addr, data_dir)
+            break
+        except hvac.exceptions.InternalServerError:
+            if attempt == _PREPARE_ATTEMPTS:
+                raise
+            time.sleep(1)
     return Vault(addr=addr, token=token, process=process)
 
 

@@ -9,12 +9,12 @@ import sys
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8080")
 worker_class = "gthread"
-# One worker per CPU core the container may use: a worker is one Python process whose
-# GIL lets it use one core at a time, and each worker keeps its own token cache, so every
-# extra worker adds one token fetch per account per token lifetime. 2 fits a 2-CPU limit.
+# One worker per CPU core the container may use, and 2 fits a 2-CPU limit. A worker is one
+# Python process that the GIL keeps to one core at a time. Each worker has its own token
+# cache, so every extra worker adds one token fetch per account per token lifetime.
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 # Threads do not add throughput, since cached GET /token is CPU-bound under the GIL:
-# bench/run.py measured the same throughput within noise for 1, 2, 4 and 8. They let a
+# bench/run.py found no count of 1, 2, 4 or 8 consistently faster. They let a
 # worker keep serving cached tokens while up to threads-1 requests wait on Vault or Trackunit.
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # A gthread worker's main loop reports to the master at least once a second whatever its

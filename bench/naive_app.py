@@ -2,7 +2,7 @@
 
 This is what a team might write without iris-token-broker: each `GET /token/<accountId>`
 reads the account's credentials from Vault KV v2 with hvac, then returns a token.
-It is generous to the naive design in one way: it keeps the token it got for those
+It is generous to the naive design in one way. It keeps the token it got for those
 credentials in a plain dict and POSTs to the token endpoint only on a miss, so the
 measured cost is the Vault read alone. The dict ignores expiry, which is safe only because
 a benchmark run is shorter than the stand-in's one-hour tokens. A version that also POSTs on every request is

@@ -4,13 +4,13 @@
 
 scripts/bench installs wrk and the Python packages and then runs this. It starts OpenBao,
 the Trackunit stand-in, the service and the naive design (both under gunicorn.conf.py),
-seeds accounts through the install callback, and then measures:
+seeds accounts through the install callback, and then measures the following.
 
-  a, b, c  wrk rounds interleaved as a, b, c, a, b, c, ... so drift hits all three alike:
-           a = GET /token with the token cached, b = GET /healthz, c = the naive design;
-  d        each cold account's first GET /token against its own Vault read plus token POST;
-  e        stampedes of concurrent first requests for one account, counting token POSTs;
-  f        resident memory per cached account, in a fresh process (bench/memory.py).
+  a, b, c  wrk rounds interleaved as a, b, c, a, b, c, ... so drift hits all three alike.
+           a is GET /token with the token cached, b is GET /healthz, c is the naive design.
+  d        Each cold account's first GET /token against its own Vault read plus token POST.
+  e        Stampedes of concurrent first requests for one account, counting token POSTs.
+  f        Resident memory per cached account, in a fresh process (bench/memory.py).
 
 It writes results.json and results.md to --output and prints the Markdown.
 """
@@ -44,7 +44,7 @@ VAULT_PREFIX = "iris-token-broker/accounts"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Parse the command line. Every duration and count has a default that fits ~4 minutes."""
+    """Parse the command line. The defaults make a run of about 3 minutes."""
     parser = argparse.ArgumentParser(description="Benchmark iris-token-broker's token path.")
     parser.add_argument("--seconds", type=float, default=5, help="length of each wrk run (s)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved a,b,c rounds")
@@ -199,7 +199,7 @@ def _server_env(args: argparse.Namespace, vault: services.Vault, api_key: str, t
         "INTERNAL_API_KEYS": api_key,
         "TRACKUNIT_SCOPES": SCOPES,
         "TRACKUNIT_TOKEN_URL": token_url,
-        # Seeding posts unsigned install callbacks, as a local stand-in cannot sign them.
+        # Seeding posts unsigned install callbacks, because nothing local can sign them as Trackunit does.
         "REQUIRE_TRACKUNIT_IDENTITY": "false",
     }
     if args.workers:

@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 def wait_for_http(url: str, process: subprocess.Popen, log_path: Path) -> None:
-    """Poll `url` until it answers 200, raising RuntimeError if the process exits first."""
+    """Poll `url` until it returns 200, raising RuntimeError if the process exits first."""
     deadline = time.monotonic() + _START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -50,7 +50,7 @@ def wait_for_http(url: str, process: subprocess.Popen, log_path: Path) -> None:
         except requests.RequestException:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {_START_TIMEOUT_SECONDS} s; see {log_path}")
+    raise RuntimeError(f"{url} did not respond within {_START_TIMEOUT_SECONDS} s; see {log_path}")
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Run the Trackunit stand-in for the benchmark, with realistic tokens and a request counter.
 
-It is sandbox/trackunit_standin.py with two additions that only the benchmark needs:
-access tokens padded to --token-bytes characters, because Trackunit's JWTs are about
-1 KB and the stand-in's own are 72 characters, and `GET /stats`, which returns how many
-token requests (POSTs) the stand-in has received, so the benchmark can count upstream calls.
+It is sandbox/trackunit_standin.py with three changes that only the benchmark needs.
+Access tokens are padded to --token-bytes characters, because the stand-in's own are 72
+characters and a signed JWT access token is closer to 1 KB (an estimate). `GET /stats`
+returns how many token requests (POSTs) the stand-in has received, so the benchmark can
+count upstream calls. Nagle's algorithm is off, as the handler class explains.
 
     python -m bench.standin --port 8081 --clients-file clients.json --token-bytes 1024
 

@@ -183,8 +183,8 @@ def _token(account_id: str) -> Response:
 
     grant = services.tokens.get(canonical, force_refresh=force_refresh)
 
-    # A cache hit is the hot path: an INFO line per hit cost about a third of its time
-    # under load (py-spy, bench/run.py), and the broker already logs each fetch at INFO.
+    # Cache hits log at DEBUG. Under load, an INFO line per hit took about a third of a
+    # worker's time in py-spy (bench/run.py), and the broker already logs each fetch at INFO.
     log.log(
         logging.DEBUG if grant.cache_hit else logging.INFO,
         "Served token for account %s (%s, %d s left)",

@@ -70,14 +70,18 @@ def start_vault(work_dir: Path) -> Vault:
     addr = f"http://127.0.0.1:{port}"
     # NOTE: prepare() can fail with "local node not active" when raft loses leadership
     # right after unsealing. It is idempotent, so a bounded retry is safe here.
-    for attempt in range(1, _PREPARE_ATTEMPTS + 1):
-        try:
-            token = prepare(addr, data_dir)
-            break
-        except hvac.exceptions.InternalServerError:
-            if attempt == _PREPARE_ATTEMPTS:
-                raise
-            time.sleep(1)
+    try:
+        for attempt in range(1, _PREPARE_ATTEMPTS + 1):
+            try:
+                token = prepare(addr, data_dir)
+                break
+            except hvac.exceptions.InternalServerError:
+                if attempt == _PREPARE_ATTEMPTS:
+                    raise
+                time.sleep(1)
+    except BaseException:
+        stop(process)
+        raise
     return Vault(addr=addr, token=token, process=process)
 
 
@@ -111,7 +115,7 @@ def start_standin(work_dir: Path, clients: dict[str, tuple[str, str]], token_byt
         "--token-bytes", str(token_bytes),
     ]
     server = _spawn("trackunit-standin", command, port, log_path, os.environ.copy())
-    wait_for_http(f"{server.url}/stats", server.process, log_path)
+    _wait_or_stop(server, "/stats")
     return server
 
 
@@ -124,7 +128,7 @@ def start_gunicorn(
     env = {**env, "GUNICORN_BIND": f"127.0.0.1:{port}"}
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app_spec]
     server = _spawn(name, command, port, log_path, env)
-    wait_for_http(f"{server.url}{health_path}", server.process, log_path)
+    _wait_or_stop(server, health_path)
     return server
 
 
@@ -138,6 +142,15 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+def _wait_or_stop(server: Server, path: str) -> None:
+    """Wait until the server returns 200 on path, stopping it if it never does."""
+    try:
+        wait_for_http(f"{server.url}{path}", server.process, server.log_path)
+    except BaseException:
+        stop(server.process)
+        raise
 
 
 def _spawn(name: str, command: list[str], port: int, log_path: Path, env: dict[str, str]) -> Server:

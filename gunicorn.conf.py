@@ -12,14 +12,30 @@ import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8080")
 worker_class = "gthread"
+# One worker per CPU core the container may use, and 2 fits a 2-CPU limit. A worker is one
+# Python process that the GIL keeps to one core at a time. Each worker has its own token
+# cache, so every extra worker adds one token fetch per account per token lifetime.
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+# Threads do not add throughput, since cached GET /token is CPU-bound under the GIL:
+# bench/run.py found no count of 1, 2, 4 or 8 consistently faster. They let a
+# worker keep serving cached tokens while up to threads-1 requests wait on Vault or Trackunit.
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-# A cold token fetch is bounded by VAULT_TIMEOUT and TRACKUNIT_TIMEOUT with retries,
-# which stay well below this.
+# A gthread worker's main loop reports to the master at least once a second whatever its
+# request threads do, so this only catches a stuck worker and does not limit a request.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+# Reusing connections gave 1.6 to 2 times the cached GET /token throughput of a new
+# connection per request in bench/run.py's set-up (wrk, 32 connections), so callers should
+# keep connections open. A short idle timeout still closes idle ones, and a connection
+# stays with one worker for its life, so short-lived ones rebalance over the workers.
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
-# The app logs each request's outcome itself, so gunicorn's access log is off unless asked for.
+# Each worker opens its own listening socket with SO_REUSEPORT, and the kernel spreads new
+# connections over them. With one shared socket, whichever worker woke first took them, and
+# in bench/run.py all 32 keep-alive connections often landed on one worker, halving throughput.
+# NOTE: a worker that dies drops the connections still queued on its own socket.
+reuse_port = os.environ.get("GUNICORN_REUSE_PORT", "true").lower() in ("1", "true", "yes")
+# The app logs each token fetch and each error itself, so gunicorn's access log is off
+# unless asked for.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 # The runtime control socket is a management surface this service does not use.

@@ -1,0 +1,1 @@
+"""Benchmark of the token path: see docs/benchmarks.md and scripts/bench."""

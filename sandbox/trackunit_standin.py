@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,8 +27,6 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 if __package__ in (None, ""):
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandbox.callback_signing import DEFAULT_KEY_DIR, load_or_create
@@ -168,6 +167,12 @@ class StandinServer(ThreadingHTTPServer):
     # socketserver's default backlog of 5 drops connections when many clients connect at
     # once, and a dropped SYN is retried only after about 1 s, which looks like a timeout.
     request_queue_size = 128
+
+    def handle_error(self, request, client_address) -> None:
+        """Stay quiet when a client gave up before the reply, as a timed-out caller does."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, address: tuple[str, int], state: StandinState | None = None):
         super().__init__(address, _Handler)

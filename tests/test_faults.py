@@ -76,6 +76,9 @@ def start_service(bao, standin, tmp_path):
                 "TRACKUNIT_SCOPES": SCOPES,
                 "TRACKUNIT_TOKEN_URL": standin.token_url,
                 "TRACKUNIT_TIMEOUT": "3",
+                # Callback signatures have tests of their own; these tests post unsigned ones.
+                "REQUIRE_TRACKUNIT_IDENTITY": "false",
+                "TRACKUNIT_JWKS_URL": standin.jwks_url,
                 "LOG_FORMAT": "json",
                 **env,
             },

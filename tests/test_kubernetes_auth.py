@@ -634,6 +634,9 @@ def test_gunicorn_serves_with_chart_settings(openbao, auth_setup, token_file, kv
         "GUNICORN_WORKERS": "1",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "INTERNAL_API_KEYS": API_KEY,
+        # Callback signatures have tests of their own; this test posts an unsigned one.
+        "REQUIRE_TRACKUNIT_IDENTITY": "false",
+        "TRACKUNIT_JWKS_URL": standin.jwks_url,
     }
     command = _image_command()
     command[0] = str(Path(sys.executable).with_name(command[0]))

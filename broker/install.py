@@ -7,11 +7,15 @@ message contains a submitted value other than `type`, because the body carries a
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 
 from .errors import InvalidRequest
 
+# The lower-case hyphenated form that canonical_account_id() returns, checked first because
+# it is what callers send on the hot path.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 MAX_ID_LENGTH = 256
 MAX_SECRET_LENGTH = 1024
 EVENT_INSTALLED = "INSTALLED"
@@ -60,6 +64,8 @@ def canonical_account_id(raw: str) -> str | None:
     """
     if len(raw) != 36:
         return None
+    if _CANONICAL_UUID.match(raw):
+        return raw
     try:
         parsed = uuid.UUID(raw)
     except ValueError:

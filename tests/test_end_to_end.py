@@ -8,7 +8,7 @@ import requests
 from sandbox.callback_signing import load_or_create
 from sandbox.trackunit_standin import StandinState, start_in_thread
 from tests.conftest import API_KEY, SCOPES, free_port
-from tests.processes import gunicorn_service
+from tests.service_process import run_service
 from tests.test_appinstall import ACCOUNT, DOCUMENTED_MESSAGE
 from vault.local_server import prepare, start_server
 
@@ -83,7 +83,8 @@ def test_walkthrough_survives_restart(local_vault, standin, signing_key, tmp_pat
     env = service_env(addr, vault_state["token"], standin)
     identity = {"Trackunit-Identity": signing_key.sign_callback(DOCUMENTED_MESSAGE)}
 
-    with gunicorn_service(env, free_port(), tmp_path / "first.log") as url:
+    with run_service(env, workers=1, log_path=tmp_path / "first.log") as service:
+        url = service.base_url
         installed = requests.post(
             f"{url}/appinstall", json=DOCUMENTED_MESSAGE, headers=identity, timeout=10
         )
@@ -97,7 +98,8 @@ def test_walkthrough_survives_restart(local_vault, standin, signing_key, tmp_pat
 
     restart_vault()
     env = service_env(addr, vault_state["token"], standin)
-    with gunicorn_service(env, free_port(), tmp_path / "second.log") as url:
+    with run_service(env, workers=1, log_path=tmp_path / "second.log") as service:
+        url = service.base_url
         after_restart = requests.get(f"{url}/token/{ACCOUNT}", headers=headers, timeout=10)
 
     assert after_restart.status_code == 200
@@ -113,7 +115,8 @@ def test_service_log_has_no_secret(openbao, base_env, standin, tmp_path):
         "LOG_LEVEL": "DEBUG",
     }
 
-    with gunicorn_service(env, free_port(), log_path) as url:
+    with run_service(env, workers=1, log_path=log_path) as service:
+        url = service.base_url
         requests.post(f"{url}/appinstall", json=DOCUMENTED_MESSAGE, timeout=10)
         token = requests.get(
             f"{url}/token/{ACCOUNT}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
@@ -130,7 +133,7 @@ def test_bad_setting_stops_start_up_with_its_name(tmp_path):
     env = {"VAULT_ADDR": "http://127.0.0.1:1", "VAULT_TOKEN": "x", "TRACKUNIT_SCOPES": SCOPES}
 
     with pytest.raises(RuntimeError) as raised:
-        with gunicorn_service(env, free_port(), tmp_path / "bad.log"):
+        with run_service(env, workers=1, log_path=tmp_path / "bad.log"):
             pass
 
     assert "INTERNAL_API_KEYS is missing" in str(raised.value)

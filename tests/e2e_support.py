@@ -68,6 +68,12 @@ class RaftOpenBao:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+        # A gthread worker can deadlock when SIGINT lands while it starts a thread, and it
+        # would outlive its master, so whatever is left of the process group goes too.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.process = None
 
     def restart(self) -> None:
@@ -123,6 +129,7 @@ class ServiceProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -150,6 +157,12 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+        # A gthread worker can deadlock when SIGINT lands while it starts a thread, and it
+        # would outlive its master, so whatever is left of the process group goes too.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.process = None
 
     def log(self) -> str:

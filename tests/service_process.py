@@ -14,6 +14,7 @@ error raised when start-up fails shows its end.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def run_service(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     service = ServiceProcess(f"http://127.0.0.1:{port}", process, log_path)
     try:
@@ -132,3 +134,16 @@ def _stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=_STOP_GRACE_SECONDS)
+    _kill_group(process)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kill whatever is left of gunicorn's process group, such as a worker stuck at exit.
+
+    A gthread worker can deadlock when its quit signal lands while it starts a thread,
+    and a worker whose master is gone would outlive the test.
+    """
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

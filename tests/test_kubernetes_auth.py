@@ -11,7 +11,9 @@ asks for the review.
 from __future__ import annotations
 
 import json
+import contextlib
 import os
+import signal
 import secrets
 import subprocess
 import sys
@@ -642,7 +644,9 @@ def test_gunicorn_serves_with_chart_settings(openbao, auth_setup, token_file, kv
     command[0] = str(Path(sys.executable).with_name(command[0]))
     base = f"http://127.0.0.1:{port}"
     log_file = open(tmp_path / "gunicorn.log", "wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         _wait_for_health(base, process)
         install = {
@@ -664,7 +668,12 @@ def test_gunicorn_serves_with_chart_settings(openbao, auth_setup, token_file, kv
         assert token.json()["access_token"].startswith("standin.")
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        finally:
+            # No worker may outlive the test, even one stuck at exit.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
         log_file.close()
         standin.shutdown()
         standin.server_close()

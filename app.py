@@ -45,7 +45,8 @@ from broker.vault_auth import make_authenticator, make_vault_client
 log = logging.getLogger("broker.app")
 
 _TRUE_WORDS = ("1", "true", "yes")
-_FALSE_WORDS = ("", "0", "false", "no")
+_FALSE_WORDS = ("0", "false", "no")
+_TOKEN_QUERY_PARAMETERS = frozenset({"scope", "min_ttl", "refresh"})
 # Reasons that save_delivery() wrote nothing, keyed by the status it returned.
 _SKIPPED_DELIVERIES = {
     "unchanged": "a repeat of the delivery already stored",
@@ -289,6 +290,7 @@ def _token(account_id: str) -> Response:
     scopes, min_ttl, force_refresh = None, 0, False
     # Parsing request.args costs about 3% of a cache hit (py-spy), and most callers send none.
     if request.query_string:
+        _reject_unknown_parameters(_TOKEN_QUERY_PARAMETERS)
         scopes = services.tokens.scopes.parse_request(_single_arg("scope"))
         min_ttl = _min_ttl(services.settings.token_max_lifetime)
         force_refresh = _flag("refresh")
@@ -354,7 +356,7 @@ def _record_metrics(response: Response) -> Response:
     if request.endpoint == "token":
         outcome = "served" if response.status_code == 200 else g.get("error_code", "error")
         metrics.record_token_request(outcome)
-    elif request.endpoint == "appinstall":
+    elif request.endpoint == "appinstall" and request.method == "POST":
         if response.status_code < 300:
             outcome = (response.get_json(silent=True) or {}).get("status", "ok")
         else:
@@ -370,10 +372,19 @@ def _read_json_body() -> object:
             f"Content-Type must be application/json, not {request.mimetype or 'missing'}",
             field="Content-Type",
         )
-    try:
+    limit = _services().settings.install_max_body_bytes
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise _too_large()
         raw = request.get_data(cache=False)
-    except RequestEntityTooLarge as exc:
-        raise _too_large() from exc
+    elif request.environ.get("wsgi.input_terminated"):
+        # A chunked body has no Content-Length, and werkzeug would cut it at the limit
+        # silently, so the raw stream is read one byte past the limit instead.
+        raw = request.environ["wsgi.input"].read(limit + 1)
+        if len(raw) > limit:
+            raise _too_large()
+    else:
+        raw = b""
     if not raw.strip():
         raise InvalidRequest("The body is empty: send the install event as a JSON object", field="body")
     try:
@@ -383,12 +394,27 @@ def _read_json_body() -> object:
 
 
 def _flag(name: str) -> bool:
-    raw = request.args.get(name, "").lower()
-    if raw in _TRUE_WORDS:
+    raw = _single_arg(name)
+    if raw is None:
+        return False
+    if raw.lower() in _TRUE_WORDS:
         return True
-    if raw in _FALSE_WORDS:
+    if raw.lower() in _FALSE_WORDS:
         return False
     raise InvalidRequest(f"{name} must be true or false", field=name)
+
+
+def _reject_unknown_parameters(known: frozenset[str]) -> None:
+    """Raise InvalidRequest naming a query parameter the endpoint does not take.
+
+    A typo such as `scopes=` would otherwise be ignored silently and widen the token.
+    """
+    unknown = sorted(set(request.args) - known)
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown query parameter {unknown[0][:40]!r}: use {', '.join(sorted(known))}",
+            field=unknown[0][:40],
+        )
 
 
 def _single_arg(name: str) -> str | None:
@@ -420,6 +446,8 @@ def _broker_error_response(error: BrokerError) -> tuple[Response, int]:
     g.error_code = error.code
     if error.status >= 500:
         log.warning("Request to %s failed with %d %s", request.path, error.status, error.code)
+    else:
+        log.info("Request to %s rejected with %d %s", request.path, error.status, error.code)
     response = jsonify(error.to_dict())
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, int(error.retry_after + 0.5)))

@@ -10,39 +10,70 @@ import shutil
 import sys
 import tempfile
 
+
+def _setting_error(name: str, raw: str, accepted: str) -> None:
+    print(f"iris-token-broker: configuration error: {name}={raw!r} is invalid: {accepted}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _whole_number(name: str, default: int, minimum: int, maximum: int) -> int:
+    """Read a gunicorn setting, stopping start-up with a message that names a bad one."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        _setting_error(name, raw, f"use a whole number from {minimum} to {maximum}")
+    return int(raw)
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("1", "true", "yes", "0", "false", "no"):
+        _setting_error(name, raw, "use true or false")
+    return raw in ("1", "true", "yes")
+
+
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8080")
 worker_class = "gthread"
 # One worker per CPU core the container may use, and 2 fits a 2-CPU limit. A worker is one
 # Python process that the GIL keeps to one core at a time. Each worker has its own token
 # cache, so every extra worker adds one token fetch per account per token lifetime.
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+workers = _whole_number("GUNICORN_WORKERS", 2, 1, 64)
 # Threads do not add throughput, since cached GET /token is CPU-bound under the GIL:
 # bench/run.py found no count of 1, 2, 4 or 8 consistently faster. They let a
 # worker keep serving cached tokens while up to threads-1 requests wait on Vault or Trackunit.
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = _whole_number("GUNICORN_THREADS", 8, 1, 256)
 # A gthread worker's main loop reports to the master at least once a second whatever its
 # request threads do, so this only catches a stuck worker and does not limit a request.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+timeout = _whole_number("GUNICORN_TIMEOUT", 60, 1, 3600)
+graceful_timeout = _whole_number("GUNICORN_GRACEFUL_TIMEOUT", 20, 1, 3600)
 # Reusing connections gave 1.6 to 2 times the cached GET /token throughput of a new
 # connection per request in bench/run.py's set-up (wrk, 32 connections), so callers should
 # keep connections open. A short idle timeout still closes idle ones, and a connection
 # stays with one worker for its life, so short-lived ones rebalance over the workers.
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+keepalive = _whole_number("GUNICORN_KEEPALIVE", 5, 0, 3600)
 # Each worker opens its own listening socket with SO_REUSEPORT, and the kernel spreads new
 # connections over them. With one shared socket, whichever worker woke first took them, and
 # in bench/run.py all 32 keep-alive connections often landed on one worker, halving throughput.
+# It is off by default because two servers on one port then share it silently instead of
+# the second failing with "address in use". The container image turns it on, since a pod
+# runs exactly one gunicorn.
 # NOTE: a worker that dies drops the connections still queued on its own socket.
-reuse_port = os.environ.get("GUNICORN_REUSE_PORT", "true").lower() in ("1", "true", "yes")
+reuse_port = _flag("GUNICORN_REUSE_PORT", False)
 # The app logs each token fetch and each error itself, so gunicorn's access log is off
 # unless asked for.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 # The runtime control socket is a management surface this service does not use.
 control_socket_disable = True
-# Only Trackunit's callback has a body, and it is small.
+# Only Trackunit's callback has a body, and it is small. A header line may hold a signed
+# Trackunit-Identity token of up to 8,192 characters. Requests over these limits get
+# gunicorn's own plain-text error page before the app sees them.
 limit_request_line = 4094
 limit_request_fields = 100
+limit_request_field_size = 16384
 
 # prometheus-client's multiprocess mode: each worker writes its metric values to files in
 # this folder, and /metrics sums them. The variable must be set before a worker imports

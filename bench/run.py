@@ -201,6 +201,8 @@ def _server_env(args: argparse.Namespace, vault: services.Vault, api_key: str, t
         "TRACKUNIT_TOKEN_URL": token_url,
         # Seeding posts unsigned install callbacks, because nothing local can sign them as Trackunit does.
         "REQUIRE_TRACKUNIT_IDENTITY": "false",
+        # As in the container image, where one gunicorn runs per pod.
+        "GUNICORN_REUSE_PORT": "true",
     }
     if args.workers:
         env["GUNICORN_WORKERS"] = str(args.workers)

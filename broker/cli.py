@@ -137,8 +137,8 @@ def uninstall_account(account_id: str) -> None:
     version = _checked(lambda: _services().store.delete_latest(account_id))
     if version is None:
         raise click.ClickException(f"Account {account_id} has no live credentials to delete")
-    # NOTE: this runs outside the service, so running workers keep any token they have
-    # already cached for the account until it expires.
+    # This runs outside the service, so running workers notice the deleted version at
+    # their next coherence check, within TOKEN_COHERENCE_SECONDS.
     click.echo(f"Deleted version {version} of account {account_id}; undelete restores it")
 
 

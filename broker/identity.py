@@ -160,7 +160,8 @@ class IdentityVerifier:
             ) from exc
         if not candidates:
             raise IdentityRejected(
-                f"No key with kid {kid!r} is published in Trackunit's JWKS", reason="unknown_key"
+                f"No key with kid {kid[:64]!r} is published in Trackunit's JWKS",
+                reason="unknown_key",
             )
 
         for jwk in candidates:
@@ -168,7 +169,7 @@ class IdentityVerifier:
             if key is not None:
                 return key
         raise IdentityRejected(
-            f"The key with kid {kid!r} cannot verify {algorithm} signatures",
+            f"The key with kid {kid[:64]!r} cannot verify {algorithm} signatures",
             reason="algorithm_not_allowed",
         )
 

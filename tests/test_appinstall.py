@@ -1,5 +1,6 @@
 """POST /appinstall: the documented message lands in the real OpenBao, bad input writes nothing."""
 
+import io
 import json
 
 import hvac.exceptions
@@ -279,3 +280,32 @@ def test_vault_denying_gives_503(make_app, settings, openbao):
     assert response.status_code == 503
     assert limited not in response.get_data(as_text=True)
     assert not account_exists(openbao, settings)
+
+
+def test_chunked_body_over_limit_rejected(client, openbao, settings):
+    body = json.dumps({**DOCUMENTED_MESSAGE, "padding": " " * 20000}).encode()
+
+    response = client.post(
+        "/appinstall",
+        input_stream=io.BytesIO(body),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        # gunicorn decodes chunked bodies and marks the stream as ending with the body.
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+    assert response.status_code == 413
+    assert not account_exists(openbao, settings)
+
+
+def test_chunked_body_within_limit_accepted(client):
+    body = json.dumps(DOCUMENTED_MESSAGE).encode()
+
+    response = client.post(
+        "/appinstall",
+        input_stream=io.BytesIO(body),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        # gunicorn decodes chunked bodies and marks the stream as ending with the body.
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+    assert response.status_code == 200

@@ -347,3 +347,21 @@ def test_readyz_names_rejected_token(make_app, settings):
 
     assert response.status_code == 503
     assert "403" in response.json["reason"]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("?scopes=asset.view", "scopes"),
+        ("?refresh=1&refresh=0", "refresh"),
+        ("?refresh", "refresh"),
+        ("?refresh=", "refresh"),
+    ],
+    ids=["misspelt scope", "refresh twice", "bare refresh", "empty refresh"],
+)
+def test_bad_query_parameter_is_400(client, trackunit, auth_header, installed, query, field):
+    response = get_token(client, auth_header, query=query)
+
+    assert response.status_code == 400
+    assert response.json["field"] == field
+    assert trackunit.call_count == 0

@@ -10,6 +10,7 @@ writes a token limited to that policy to `service-token` (mode 0600).
 Usage:
     python vault/local_server.py start [--dir .local/openbao] [--port 8200]
     python vault/local_server.py stop  [--dir .local/openbao]
+    python vault/local_server.py status [--dir .local/openbao]   (exit code 0 when running)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,7 +51,16 @@ def render_policy(mount: str = DEFAULT_MOUNT, prefix: str = DEFAULT_PREFIX) -> s
 
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen:
-    """Start `bao server` with raft storage in data_dir and wait until it answers."""
+    """Start `bao server` with raft storage in data_dir and wait until it answers.
+
+    Raises RuntimeError when something already listens on the port, because the health
+    check would otherwise be answered by that other server.
+    """
+    if _port_in_use(port):
+        raise RuntimeError(
+            f"127.0.0.1:{port} is already in use: stop what listens there, "
+            "or choose another port (LOCAL_VAULT_PORT for scripts/run-local)"
+        )
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (data_dir / "raft").mkdir(exist_ok=True, mode=0o700)
     config = data_dir / "server.hcl"
@@ -58,7 +69,6 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen:
         f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n  tls_disable = true\n}}\n'
         f'api_addr = "http://127.0.0.1:{port}"\n'
         f'cluster_addr = "http://127.0.0.1:{port + 1}"\n'
-        "disable_mlock = true\n"
     )
 
     log_file = open(data_dir / "server.log", "ab")
@@ -124,16 +134,24 @@ def prepare(
 
 
 def stop_server(data_dir: Path) -> bool:
-    """Stop the server whose pid file is in data_dir; return whether one was running."""
-    pid_file = data_dir / "server.pid"
-    if not pid_file.exists():
+    """Stop the server whose pid file is in data_dir and wait until it has exited.
+
+    Returns whether one was running. A server still running after 15 s is killed.
+    """
+    pid = running_pid(data_dir)
+    (data_dir / "server.pid").unlink(missing_ok=True)
+    if pid is None:
         return False
-    try:
-        os.kill(int(pid_file.read_text()), signal.SIGTERM)
-    except (ProcessLookupError, ValueError):
-        return False
-    finally:
-        pid_file.unlink(missing_ok=True)
+
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
     return True
 
 
@@ -165,6 +183,22 @@ def _wait_until_kv_ready(client: hvac.Client, mount: str) -> None:
     raise RuntimeError(f"The KV v2 mount {mount!r} did not become ready")
 
 
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def running_pid(data_dir: Path) -> int | None:
+    """Return the pid of the server this data folder's pid file names, if it still runs."""
+    try:
+        pid = int((data_dir / "server.pid").read_text())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+    return pid
+
+
 def _token_works(addr: str, token: str) -> bool:
     try:
         hvac.Client(url=addr, token=token, timeout=5).auth.token.lookup_self()
@@ -181,18 +215,31 @@ def _write_private(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a local OpenBao for iris-token-broker.")
-    parser.add_argument("command", choices=("start", "stop"))
+    parser.add_argument("command", choices=("start", "stop", "status"))
     parser.add_argument("--dir", type=Path, default=Path(".local/openbao"), help="data folder")
     parser.add_argument("--port", type=int, default=8200, help="loopback port of the API")
     args = parser.parse_args(argv)
     data_dir = args.dir.resolve()
+
+    if args.command == "status":
+        pid = running_pid(data_dir)
+        print(f"running as pid {pid}" if pid is not None else "not running")
+        return 0 if pid is not None else 3
 
     if args.command == "stop":
         print("stopped" if stop_server(data_dir) else "no server was running")
         return 0
 
     addr = f"http://127.0.0.1:{args.port}"
-    start_server(data_dir, args.port)
+    pid = running_pid(data_dir)
+    if pid is not None:
+        print(f"OpenBao for {data_dir} already runs as pid {pid}; preparing it")
+    else:
+        try:
+            start_server(data_dir, args.port)
+        except RuntimeError as exc:
+            print(f"local_server: {exc}", file=sys.stderr)
+            return 1
     prepare(
         addr,
         data_dir,

@@ -22,6 +22,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GUNICORN_BIND=0.0.0.0:8080
+# One gunicorn per container, so SO_REUSEPORT only spreads connections over its workers (about 2x, docs/benchmarks.md).
+ENV GUNICORN_REUSE_PORT=true
 
 # A fixed numeric uid and gid, so Kubernetes can check runAsNonRoot without a name lookup.
 RUN groupadd --system --gid 10001 broker \

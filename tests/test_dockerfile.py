@@ -106,6 +106,12 @@ def test_listens_on_chart_port():
     assert final_stage_instructions("EXPOSE") == ["8080"]
 
 
+def test_image_turns_reuse_port_on():
+    env = " ".join(final_stage_instructions("ENV"))
+
+    assert "GUNICORN_REUSE_PORT=true" in env
+
+
 def test_no_secret_in_image_environment():
     declared = " ".join(instructions("ENV") + instructions("ARG"))
 

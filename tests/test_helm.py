@@ -353,6 +353,133 @@ def test_settings_parse_with_service_config(full):
     assert settings.token_cache_size == 100000
 
 
+# Signed install callbacks, scopes and token cache settings.
+
+IDENTITY_SETTINGS = {
+    "REQUIRE_TRACKUNIT_IDENTITY": "true",
+    "TRACKUNIT_JWKS_URL": "https://iris.trackunit.com/api/marketplace/jwks",
+    "TRACKUNIT_JWKS_TIMEOUT": "1.5",
+    "TRACKUNIT_JWKS_CACHE_TTL": "600",
+    "TRACKUNIT_JWKS_MIN_REFETCH_INTERVAL": "60",
+    "TRACKUNIT_IDENTITY_LEEWAY": "0",
+    "TRACKUNIT_IDENTITY_ISSUER": "https://iris.trackunit.com",
+    "TRACKUNIT_IDENTITY_AUDIENCE": "9a3b4c5d-0000-4000-8000-000000000001",
+}
+OPTIONAL_SETTINGS = {
+    "TRACKUNIT_OPTIONAL_SCOPES": "fleet.view",
+    "TOKEN_COHERENCE_SECONDS": "15",
+    "TOKEN_REFRESH_AHEAD_FRACTION": "0.2",
+    "TOKEN_INVALID_CLIENT_BACKOFF": "120",
+}
+IDENTITY_WARNING = "WARNING: trackunit.identity.required is false"
+
+
+@pytest.mark.parametrize("name", {**IDENTITY_SETTINGS, **OPTIONAL_SETTINGS})
+def test_full_values_render_setting(full, name):
+    expected = {**IDENTITY_SETTINGS, **OPTIONAL_SETTINGS}[name]
+
+    assert full.config().get(name) == expected
+
+
+def test_full_values_set_identity_values():
+    identity = load_values("full")["trackunit"]["identity"]
+
+    assert set(identity) == {
+        "required", "jwksUrl", "jwksTimeout", "jwksCacheTtl",
+        "jwksMinRefetchInterval", "leeway", "issuer", "audience",
+    }
+
+
+def test_minimal_values_verify_callbacks(minimal):
+    config = minimal.config()
+
+    assert config["REQUIRE_TRACKUNIT_IDENTITY"] == "true"
+    assert config["TRACKUNIT_JWKS_URL"] == "https://iris.trackunit.com/api/marketplace/jwks"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [name for name in {**IDENTITY_SETTINGS, **OPTIONAL_SETTINGS}
+     if name not in ("REQUIRE_TRACKUNIT_IDENTITY", "TRACKUNIT_JWKS_URL")],
+)
+def test_unset_optional_setting_not_rendered(minimal, name):
+    assert name not in minimal.config()
+
+
+def test_identity_settings_parse_with_service_config(full):
+    env = dict(full.config())
+    env["INTERNAL_API_KEYS"] = "k" * 32
+    settings = load_settings(env)
+
+    assert settings.require_trackunit_identity is True
+    assert settings.trackunit_jwks_timeout == 1.5
+    assert settings.trackunit_jwks_cache_ttl == 600
+    assert settings.trackunit_jwks_min_refetch_interval == 60
+    assert settings.trackunit_identity_leeway == 0
+    assert settings.trackunit_identity_issuer == "https://iris.trackunit.com"
+    assert settings.trackunit_identity_audience == "9a3b4c5d-0000-4000-8000-000000000001"
+    assert settings.trackunit_optional_scopes == ("fleet.view",)
+    assert settings.token_coherence_seconds == 15
+    assert settings.token_refresh_ahead_fraction == 0.2
+    assert settings.token_invalid_client_backoff == 120
+
+
+def test_whole_seconds_render_without_exponent(chart):
+    values = with_value(load_values("minimal"), "trackunit.identity.jwksCacheTtl", 86400)
+    values = with_value(values, "tokenCache.coherenceSeconds", 3600)
+    config = render(chart, values).config()
+
+    assert config["TRACKUNIT_JWKS_CACHE_TTL"] == "86400"
+    assert config["TOKEN_COHERENCE_SECONDS"] == "3600"
+
+
+def test_notes_silent_when_identity_required(rendered):
+    assert IDENTITY_WARNING not in rendered.notes
+
+
+def test_notes_warn_when_identity_not_required(chart):
+    values = with_value(load_values("full"), "trackunit.identity.required", False)
+    result = render(chart, values)
+
+    assert result.notes.startswith("#####")
+    assert IDENTITY_WARNING in result.notes
+    assert result.config()["REQUIRE_TRACKUNIT_IDENTITY"] == "false"
+
+
+def test_deleted_required_value_keeps_check_on(chart):
+    values = with_value(load_values("minimal"), "trackunit.identity.required", None)
+    result = render(chart, values)
+
+    assert result.config()["REQUIRE_TRACKUNIT_IDENTITY"] == "true"
+    assert IDENTITY_WARNING not in result.notes
+
+
+def test_identity_switch_rejected_in_extra_env(chart):
+    values = with_value(load_values("minimal"), "extraEnv.REQUIRE_TRACKUNIT_IDENTITY", "false")
+
+    message = render_error(chart, values)
+
+    assert "extraEnv.REQUIRE_TRACKUNIT_IDENTITY is not allowed" in message
+    assert "trackunit.identity.required" in message
+
+
+def test_identity_switch_rejected_in_extra_secret_env(chart):
+    entry = {"name": "REQUIRE_TRACKUNIT_IDENTITY", "secretName": "switch", "key": "value"}
+    values = with_value(load_values("minimal"), "extraSecretEnv", [entry])
+
+    message = render_error(chart, values)
+
+    assert "extraSecretEnv REQUIRE_TRACKUNIT_IDENTITY is not allowed" in message
+
+
+def test_scope_in_both_lists_rejected(chart):
+    values = with_value(load_values("minimal"), "trackunit.optionalScopes", "fleet.view asset.view")
+
+    message = render_error(chart, values)
+
+    assert "trackunit.optionalScopes repeats asset.view" in message
+
+
 def test_projected_token_mounted_at_configured_path(full):
     pod = full.one("Deployment")["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
@@ -468,8 +595,30 @@ def test_missing_conditional_value_named(chart, dotted):
         ("replicaCount", "two"),
         ("extraEnv", {"lower_case": "x"}),
         ("imageTag", "typo"),
+        ("trackunit.identity.required", "no"),
+        ("trackunit.identity.jwksUrl", "http://iris.trackunit.com/api/marketplace/jwks"),
+        ("trackunit.identity.leeway", 301),
+        ("trackunit.identity.jwksCacheTtl", 9),
+        ("trackunit.identity.jwksTimeout", 11),
+        ("trackunit.identity.verify", False),
+        ("tokenCache.refreshAheadFraction", 0.95),
+        ("tokenCache.invalidClientBackoff", -1),
     ],
-    ids=["bad log level", "unknown auth method", "string replica count", "bad env name", "unknown key"],
+    ids=[
+        "bad log level",
+        "unknown auth method",
+        "string replica count",
+        "bad env name",
+        "unknown key",
+        "string identity switch",
+        "plain http jwks url",
+        "leeway above 300",
+        "jwks cache ttl below 10",
+        "jwks timeout above 10",
+        "unknown identity key",
+        "refresh fraction above 0.9",
+        "negative invalid client backoff",
+    ],
 )
 def test_schema_rejects_bad_value(chart, dotted, value):
     message = render_error(chart, with_value(load_values("minimal"), dotted, value))

@@ -108,9 +108,40 @@ stop the render on the first problem.
 {{- $_ := required "ingress.tls.secretName is required when ingress.tls.enabled is true: set it to the TLS Secret of ingress.host" .Values.ingress.tls.secretName }}
 {{- end }}
 {{- end }}
+{{- $optionalScopes := splitList " " (.Values.trackunit.optionalScopes | replace "," " ") | compact }}
+{{- range $scope := splitList " " (.Values.trackunit.scopes | replace "," " ") | compact }}
+{{- if has $scope $optionalScopes }}
+{{- fail (printf "trackunit.optionalScopes repeats %s from trackunit.scopes: list each scope once, in trackunit.scopes if required or in trackunit.optionalScopes if optional" $scope) }}
+{{- end }}
+{{- end }}
+{{- /* The identity check is switched only by trackunit.identity.required, which the notes warn about. */}}
+{{- range $env := .Values.extraSecretEnv }}
+{{- if eq $env.name "REQUIRE_TRACKUNIT_IDENTITY" }}
+{{- fail "extraSecretEnv REQUIRE_TRACKUNIT_IDENTITY is not allowed: set trackunit.identity.required instead" }}
+{{- end }}
+{{- end }}
+{{- if hasKey .Values.extraEnv "REQUIRE_TRACKUNIT_IDENTITY" }}
+{{- fail "extraEnv.REQUIRE_TRACKUNIT_IDENTITY is not allowed: set trackunit.identity.required instead" }}
+{{- end }}
 {{- range $name := list "INTERNAL_API_KEYS" "VAULT_TOKEN" }}
 {{- if hasKey $.Values.extraEnv $name }}
 {{- fail (printf "extraEnv.%s is not allowed because values are stored in clear: put it in a Secret (internalApiKeys.existingSecret or vault.tokenSecret.name)" $name) }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+Format a number value for the ConfigMap. Helm reads YAML numbers as float64, which print
+in exponent form from seven digits on (1e+06), so whole numbers are printed as integers.
+*/}}
+{{- define "iris-token-broker.number" -}}
+{{- if eq (float64 .) (float64 (int64 .)) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- end }}
+
+{{/*
+Return "false" only when trackunit.identity.required is false, and "true" otherwise, so an
+unset or deleted value keeps the callback check on.
+*/}}
+{{- define "iris-token-broker.identityRequired" -}}
+{{- if eq (toString .Values.trackunit.identity.required) "false" }}false{{ else }}true{{ end }}
 {{- end }}

@@ -450,8 +450,12 @@ class CredentialStore:
         reason = _describe(error)
         metrics.record_vault(action, time.perf_counter() - started, _reason_code(error))
         log.error("Vault %s failed: %s", action, reason)
+        if isinstance(error, hvac.exceptions.Forbidden):
+            advice = "check that the service's Vault token or role is valid and has its policy"
+        else:
+            advice = "the request can be retried once Vault is back"
         raise VaultUnavailable(
-            f"Vault {action} failed: {reason}; the request can be retried once Vault is back"
+            f"Vault {action} failed: {reason}; {advice}"
         ) from error
 
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import requests
-import urllib3
+
+from .http_limits import BodyReadError, read_limited_body
 
 log = logging.getLogger(__name__)
 
 MAX_JWKS_BYTES = 256 * 1024
-_CHUNK_BYTES = 16 * 1024
 
 Jwk = dict[str, object]
 
@@ -146,24 +146,11 @@ class JwksCache:
 
 
 def _read_limited(response: requests.Response, deadline: float) -> bytes:
-    """Read the body, failing past MAX_JWKS_BYTES or the deadline.
-
-    read1() returns as soon as some bytes arrive, so a server that sends one byte at a
-    time meets the deadline check. iter_content() would block until a whole chunk came.
-    """
-    chunks: list[bytes] = []
-    size = 0
+    """Read the body, failing past MAX_JWKS_BYTES or the deadline."""
     try:
-        while chunk := response.raw.read1(_CHUNK_BYTES, decode_content=True):
-            size += len(chunk)
-            if size > MAX_JWKS_BYTES:
-                raise _FetchFailed(f"the body is larger than {MAX_JWKS_BYTES} bytes")
-            if time.monotonic() > deadline:
-                raise _FetchFailed("timed out while reading the body")
-            chunks.append(chunk)
-    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-        raise _FetchFailed(f"reading the body failed ({type(exc).__name__})") from exc
-    return b"".join(chunks)
+        return read_limited_body(response, deadline=deadline, max_bytes=MAX_JWKS_BYTES)
+    except BodyReadError as exc:
+        raise _FetchFailed(str(exc)) from exc
 
 
 def _parse_key_set(body: bytes) -> dict[str, tuple[Jwk, ...]]:

@@ -6,12 +6,18 @@ exponential backoff, honouring a Retry-After of up to TRACKUNIT_MAX_RETRY_AFTER 
 OAuth errors (400/401) and timeouts are not retried: the first means the credentials or
 scopes are wrong, the second already cost a full TRACKUNIT_TIMEOUT.
 
+Each attempt must deliver its reply body, at most MAX_TOKEN_REPLY_BYTES, within
+TRACKUNIT_TIMEOUT of the attempt's start, or it counts as a timeout. The wait for the
+headers is bounded only per socket read (see _post). The body of a 429 or 5xx response
+is never read.
+
 Neither the response body nor the request form is ever logged or put in an exception,
 because one contains the access token and the other the client secret.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -28,6 +34,7 @@ from .errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from .http_limits import BodyReadError, BodyTimedOut, BodyTooLarge, read_limited_body
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,8 @@ _BACKOFF_BASE_SECONDS = 0.25
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # OAuth error codes are short ASCII words; anything else is not echoed back to callers.
 _MAX_OAUTH_ERROR_LENGTH = 64
+# An OAuth token reply is a few KB, so a larger body is treated as an invalid response.
+MAX_TOKEN_REPLY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,23 +99,18 @@ class TokenClient:
             attempt += 1
             started = time.monotonic()
             try:
-                response = self._session.post(
-                    self._token_url,
-                    data=form,
-                    headers={"Accept": "application/json"},
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                )
-            except requests.Timeout as exc:
+                response, body = self._post(form, started + self._timeout[1])
+            except (requests.Timeout, BodyTimedOut) as exc:
                 metrics.record_upstream(time.monotonic() - started, "timeout")
                 log.error("Token request for account %s timed out", account_id)
                 raise UpstreamTimeout(
                     f"Trackunit's token endpoint did not answer within {self._timeout[1]:g} s"
                 ) from exc
-            except requests.RequestException as exc:
+            except (requests.RequestException, BodyReadError) as exc:
                 metrics.record_upstream(time.monotonic() - started, "connection")
+                cause = exc.__cause__ if isinstance(exc, BodyReadError) else exc
                 failure: UpstreamError = UpstreamError(
-                    f"Trackunit's token endpoint could not be reached ({type(exc).__name__})"
+                    f"Trackunit's token endpoint could not be reached ({type(cause).__name__})"
                 )
                 failure.__cause__ = exc
                 delay = self._backoff(attempt)
@@ -123,9 +127,9 @@ class TokenClient:
                     elapsed_ms,
                 )
                 if status == 200:
-                    return self._parse_token(response, account_id)
+                    return self._parse_token(body, account_id)
                 if status not in _RETRY_STATUSES:
-                    raise self._rejection(response, account_id)
+                    raise self._rejection(status, body, account_id)
                 failure, delay = self._retryable_failure(response, attempt)
 
             if attempt > self._max_retries or delay is None:
@@ -145,6 +149,41 @@ class TokenClient:
                 delay,
             )
             self._sleep(delay)
+
+    def _post(
+        self, form: dict[str, str], deadline: float
+    ) -> tuple[requests.Response, bytes | None]:
+        """POST the form and read the reply body by `deadline`, then close the response.
+
+        Return the closed response, whose status and headers stay readable, and its body:
+        b"" for a 429 or 5xx, whose body is not read, and None for a body larger than
+        MAX_TOKEN_REPLY_BYTES. Raises requests.Timeout or BodyTimedOut when the reply is
+        late, and requests.RequestException or BodyReadError when the connection fails.
+        """
+        # NOTE: requests and urllib3 limit the wait for the status line and headers only
+        # per socket read, by TRACKUNIT_TIMEOUT. A server that sends its headers a byte at
+        # a time can hold an attempt longer. Only the body read has a total deadline.
+        response = self._session.post(
+            self._token_url,
+            data=form,
+            headers={"Accept": "application/json"},
+            timeout=self._timeout,
+            allow_redirects=False,
+            stream=True,
+        )
+        with response:
+            if response.status_code in _RETRY_STATUSES:
+                return response, b""
+            try:
+                body = read_limited_body(
+                    response,
+                    deadline=deadline,
+                    max_bytes=MAX_TOKEN_REPLY_BYTES,
+                    cap_read_timeout=True,
+                )
+            except BodyTooLarge:
+                return response, None
+        return response, body
 
     def _backoff(self, attempt: int) -> float:
         return _BACKOFF_BASE_SECONDS * (2 ** (attempt - 1))
@@ -175,11 +214,10 @@ class TokenClient:
             )
         return error, delay
 
-    def _rejection(self, response: requests.Response, account_id: str) -> UpstreamError:
+    def _rejection(self, status: int, body: bytes | None, account_id: str) -> UpstreamError:
         """Build the error for a non-retryable answer such as an OAuth error."""
-        status = response.status_code
-        body = _json_object(response)
-        oauth_error = body.get("error") if body else None
+        document = _json_object(body)
+        oauth_error = document.get("error") if document else None
         if not (isinstance(oauth_error, str) and oauth_error.isascii()):
             oauth_error = None
         elif len(oauth_error) > _MAX_OAUTH_ERROR_LENGTH or not oauth_error.replace("_", "").isalnum():
@@ -201,8 +239,12 @@ class TokenClient:
             upstream_status=status,
         )
 
-    def _parse_token(self, response: requests.Response, account_id: str) -> IssuedToken:
-        body = _json_object(response)
+    def _parse_token(self, raw_body: bytes | None, account_id: str) -> IssuedToken:
+        if raw_body is None:
+            return self._invalid(
+                account_id, f"the body is larger than {MAX_TOKEN_REPLY_BYTES} bytes"
+            )
+        body = _json_object(raw_body)
         if body is None:
             return self._invalid(account_id, "the body is not a JSON object")
 
@@ -263,12 +305,14 @@ class TokenClient:
         raise UpstreamError(f"Trackunit's token endpoint sent an invalid response: {reason}")
 
 
-def _json_object(response: requests.Response) -> dict | None:
-    try:
-        body = response.json()
-    except ValueError:
+def _json_object(body: bytes | None) -> dict | None:
+    if body is None:
         return None
-    return body if isinstance(body, dict) else None
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def _parse_retry_after(raw: str | None) -> float | None:

@@ -70,7 +70,7 @@ errorlog = "-"
 control_socket_disable = True
 # Only Trackunit's callback has a body, and it is small. A header line may hold a signed
 # Trackunit-Identity token of up to 8,192 characters. Requests over these limits get
-# gunicorn's own plain-text error page before the app sees them.
+# gunicorn's own plain-text error page before the app receives them.
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 16384

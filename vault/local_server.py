@@ -51,10 +51,10 @@ def render_policy(mount: str = DEFAULT_MOUNT, prefix: str = DEFAULT_PREFIX) -> s
 
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen:
-    """Start `bao server` with raft storage in data_dir and wait until it answers.
+    """Start `bao server` with raft storage in data_dir and wait until it responds.
 
-    Raises RuntimeError when something already listens on the port, because the health
-    check would otherwise be answered by that other server.
+    Raises RuntimeError when something already listens on the port, because that other
+    server would otherwise respond to the health check.
     """
     if _port_in_use(port):
         raise RuntimeError(
@@ -86,7 +86,7 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen:
 
 
 def wait_until_listening(addr: str, process: subprocess.Popen | None = None) -> None:
-    """Poll sys/health until the server answers at all, sealed or not."""
+    """Poll sys/health until the server responds at all, sealed or not."""
     deadline = time.monotonic() + _START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -96,7 +96,7 @@ def wait_until_listening(addr: str, process: subprocess.Popen | None = None) -> 
             return
         except requests.ConnectionError:
             time.sleep(0.1)
-    raise RuntimeError(f"bao server did not answer at {addr} within {_START_TIMEOUT_SECONDS} s")
+    raise RuntimeError(f"bao server did not respond at {addr} within {_START_TIMEOUT_SECONDS} s")
 
 
 def prepare(

@@ -7,8 +7,10 @@ each other's accounts.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -67,6 +69,13 @@ class OpenBao:
         return hvac.Client(url=self.addr, token=token or self.root_token, timeout=10)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to stop the child when pytest dies, so no dev server outlives a killed run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def start_openbao(port: int | None = None, root_token: str | None = None) -> OpenBao:
     """Start an OpenBao dev server on loopback and wait until it is unsealed."""
     port = port or free_port()
@@ -84,6 +93,7 @@ def start_openbao(port: int | None = None, root_token: str | None = None) -> Ope
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
         env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")},
+        preexec_fn=_die_with_parent,
     )
     addr = f"http://127.0.0.1:{port}"
     wait_until_listening(addr, process)

@@ -365,3 +365,12 @@ def test_bad_query_parameter_is_400(client, trackunit, auth_header, installed, q
     assert response.status_code == 400
     assert response.json["field"] == field
     assert trackunit.call_count == 0
+
+
+def test_first_invalid_client_sets_retry_after(client, trackunit, auth_header, installed, settings):
+    trackunit.register_uri("POST", TOKEN_URL, status_code=401, json={"error": "invalid_client"})
+
+    response = get_token(client, auth_header)
+
+    assert response.status_code == 502
+    assert response.headers["Retry-After"] == str(int(settings.token_invalid_client_backoff))

@@ -446,7 +446,7 @@ def _broker_error_response(error: BrokerError) -> tuple[Response, int]:
     g.error_code = error.code
     if error.status >= 500:
         log.warning("Request to %s failed with %d %s", request.path, error.status, error.code)
-    else:
+    elif not error.logged:
         log.info("Request to %s rejected with %d %s", request.path, error.status, error.code)
     response = jsonify(error.to_dict())
     if error.retry_after is not None:

@@ -14,6 +14,9 @@ class BrokerError(Exception):
     status = 500
     code = "internal_error"
     retry_after: float | None = None
+    # True for errors whose module already logged them with more context than the
+    # error handler has, so the handler does not log them a second time.
+    logged = False
 
     def __init__(self, message: str, **details: object):
         super().__init__(message)
@@ -127,6 +130,7 @@ class IdentityRejected(Unauthorized):
     """
 
     code = "identity_rejected"
+    logged = True
 
     def __init__(self, message: str, *, reason: str, **details: object):
         super().__init__(message, reason=reason, header="Trackunit-Identity", **details)

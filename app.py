@@ -401,7 +401,7 @@ def _flag(name: str) -> bool:
         return True
     if raw.lower() in _FALSE_WORDS:
         return False
-    raise InvalidRequest(f"{name} must be true or false", field=name)
+    raise InvalidRequest(f"{name} must be true or false (or 1/0, yes/no)", field=name)
 
 
 def _reject_unknown_parameters(known: frozenset[str]) -> None:

@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
@@ -103,7 +104,7 @@ def prepare(
     addr: str, data_dir: Path, *, mount: str = DEFAULT_MOUNT, prefix: str = DEFAULT_PREFIX
 ) -> str:
     """Initialise if needed, unseal, enable KV v2 and the policy; return the service token."""
-    client = hvac.Client(url=addr, token="", timeout=10)
+    client = hvac.Client(url=addr, token="", timeout=30)
     init_file = data_dir / "init.json"
     if not client.sys.is_initialized():
         result = client.sys.initialize(secret_shares=1, secret_threshold=1)
@@ -230,24 +231,65 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped" if stop_server(data_dir) else "no server was running")
         return 0
 
-    addr = f"http://127.0.0.1:{args.port}"
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(data_dir / ".lock", "w") as lock:
+        # Two starts at once would both initialise the raft storage, and the unseal key of
+        # one of them would be lost, so starts on one folder take turns.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _start_and_prepare(data_dir, args.port)
+
+
+def _start_and_prepare(data_dir: Path, port: int) -> int:
+    addr = f"http://127.0.0.1:{port}"
     pid = running_pid(data_dir)
     if pid is not None:
+        running_port = _configured_port(data_dir)
+        if running_port != port:
+            print(
+                f"local_server: OpenBao for {data_dir} already runs as pid {pid} on port "
+                f"{running_port}, not {port}: stop it first or use --port {running_port}",
+                file=sys.stderr,
+            )
+            return 1
         print(f"OpenBao for {data_dir} already runs as pid {pid}; preparing it")
     else:
         try:
-            start_server(data_dir, args.port)
+            start_server(data_dir, port)
         except RuntimeError as exc:
             print(f"local_server: {exc}", file=sys.stderr)
             return 1
-    prepare(
-        addr,
-        data_dir,
-        mount=os.environ.get("VAULT_KV_MOUNT", DEFAULT_MOUNT),
-        prefix=os.environ.get("VAULT_KV_PREFIX", DEFAULT_PREFIX),
-    )
+
+    try:
+        prepare(
+            addr,
+            data_dir,
+            mount=os.environ.get("VAULT_KV_MOUNT", DEFAULT_MOUNT),
+            prefix=os.environ.get("VAULT_KV_PREFIX", DEFAULT_PREFIX),
+        )
+    except FileNotFoundError:
+        print(
+            f"local_server: OpenBao in {data_dir} is initialised but {data_dir / 'init.json'} "
+            "is missing, so it cannot be unsealed: stop it and delete the folder to start over",
+            file=sys.stderr,
+        )
+        return 1
+    except (RuntimeError, hvac.exceptions.VaultError, requests.RequestException) as exc:
+        print(f"local_server: preparing OpenBao at {addr} failed: {exc}", file=sys.stderr)
+        return 1
     print(f"OpenBao is ready at {addr}; the service token is in {data_dir / 'service-token'}")
     return 0
+
+
+def _configured_port(data_dir: Path) -> int | None:
+    """Return the API port written in the folder's server.hcl, or None when unreadable."""
+    try:
+        text = (data_dir / "server.hcl").read_text()
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        if line.strip().startswith("address"):
+            return int(line.rsplit(":", 1)[1].strip().strip('"'))
+    return None
 
 
 if __name__ == "__main__":

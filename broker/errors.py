@@ -104,14 +104,14 @@ class UpstreamRejected(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
-    """The token endpoint did not answer within TRACKUNIT_TIMEOUT. Safe to retry."""
+    """The token endpoint did not send its reply within TRACKUNIT_TIMEOUT. Safe to retry."""
 
     status = 504
     code = "upstream_timeout"
 
 
 class UpstreamRateLimited(UpstreamError):
-    """The token endpoint kept answering 429. Safe to retry after `retry_after` seconds."""
+    """The token endpoint kept returning 429. Safe to retry after `retry_after` seconds."""
 
     status = 503
     code = "upstream_rate_limited"
@@ -140,7 +140,7 @@ class IdentityRejected(Unauthorized):
 class IdentityUnavailable(BrokerError, ConnectionError):
     """The keys that verify a callback's Trackunit-Identity header could not be fetched.
 
-    Answered with 503 so Trackunit retries the callback. Safe to retry after `retry_after`.
+    Returned as 503 so Trackunit retries the callback. Safe to retry after `retry_after`.
     """
 
     status = 503

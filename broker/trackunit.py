@@ -104,7 +104,7 @@ class TokenClient:
                 metrics.record_upstream(time.monotonic() - started, "timeout")
                 log.error("Token request for account %s timed out", account_id)
                 raise UpstreamTimeout(
-                    f"Trackunit's token endpoint did not answer within {self._timeout[1]:g} s"
+                    f"Trackunit's token endpoint did not respond within {self._timeout[1]:g} s"
                 ) from exc
             except (requests.RequestException, BodyReadError) as exc:
                 metrics.record_upstream(time.monotonic() - started, "connection")
@@ -121,7 +121,7 @@ class TokenClient:
                 metrics.record_upstream(elapsed, None if status == 200 else str(status))
                 elapsed_ms = elapsed * 1000
                 log.debug(
-                    "Token endpoint answered %s for account %s in %.1f ms",
+                    "Token endpoint returned %s for account %s in %.1f ms",
                     status,
                     account_id,
                     elapsed_ms,
@@ -193,7 +193,7 @@ class TokenClient:
     ) -> tuple[UpstreamError, float | None]:
         """Build the error for a 429 or 5xx and the delay before the next attempt.
 
-        The delay is None when Retry-After asks for longer than TRACKUNIT_MAX_RETRY_AFTER,
+        The delay is None when Retry-After requests longer than TRACKUNIT_MAX_RETRY_AFTER,
         because a caller is better served by a quick 503 than by a blocked worker.
         """
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
@@ -215,7 +215,7 @@ class TokenClient:
         return error, delay
 
     def _rejection(self, status: int, body: bytes | None, account_id: str) -> UpstreamError:
-        """Build the error for a non-retryable answer such as an OAuth error."""
+        """Build the error for a non-retryable response such as an OAuth error."""
         document = _json_object(body)
         oauth_error = document.get("error") if document else None
         if not (isinstance(oauth_error, str) and oauth_error.isascii()):
@@ -224,7 +224,7 @@ class TokenClient:
             oauth_error = None
 
         if oauth_error is None:
-            log.error("Token endpoint answered HTTP %s for account %s", status, account_id)
+            log.error("Token endpoint returned HTTP %s for account %s", status, account_id)
             return UpstreamError(
                 f"Trackunit's token endpoint failed with HTTP {status}", upstream_status=status
             )

@@ -151,17 +151,8 @@ class CredentialStore:
 
     def load(self, account_id: str) -> StoredCredentials | None:
         """Return the latest credentials, or None when none exist or the latest is deleted."""
-        try:
-            response = self._call(
-                "read",
-                lambda: self._client.secrets.kv.v2.read_secret_version(
-                    path=self._path(account_id),
-                    mount_point=self._mount,
-                    raise_on_deleted_version=True,
-                ),
-                missing_ok=True,
-            )
-        except _Missing:
+        response = self._read_version(account_id)
+        if response is None:
             return None
 
         data = response["data"]["data"] or {}
@@ -293,18 +284,8 @@ class CredentialStore:
         return replace(history, versions=versions)
 
     def _with_fields(self, account_id: str, info: VersionInfo) -> VersionInfo:
-        try:
-            response = self._call(
-                "read",
-                lambda: self._client.secrets.kv.v2.read_secret_version(
-                    path=self._path(account_id),
-                    version=info.version,
-                    mount_point=self._mount,
-                    raise_on_deleted_version=True,
-                ),
-                missing_ok=True,
-            )
-        except _Missing:
+        response = self._read_version(account_id, info.version)
+        if response is None:
             return info
         fields = response["data"]["data"] or {}
         client_id = fields.get("clientId")
@@ -343,23 +324,35 @@ class CredentialStore:
             "installedAt": installed_at.isoformat().replace("+00:00", "Z"),
         }
 
+    def _read_version(
+        self, account_id: str, version: int | None = None, *, raise_on_deleted: bool = True
+    ) -> dict | None:
+        """Read one KV version (the latest by default), or None when it is missing or deleted.
+
+        With raise_on_deleted=False, a soft-deleted version is returned with empty data.
+        """
+        try:
+            return self._call(
+                "read",
+                lambda: self._client.secrets.kv.v2.read_secret_version(
+                    path=self._path(account_id),
+                    version=version,
+                    mount_point=self._mount,
+                    raise_on_deleted_version=raise_on_deleted,
+                ),
+                missing_ok=True,
+            )
+        except _Missing:
+            return None
+
     def _read_latest(self, account_id: str) -> tuple[dict, int]:
         """Return the latest version's data ({} when deleted) and number (0 when none exists).
 
         NOTE: a soft-deleted latest version has no readable deliveryIssuedAt, so any
         delivery is applied over it, however old.
         """
-        try:
-            response = self._call(
-                "read",
-                lambda: self._client.secrets.kv.v2.read_secret_version(
-                    path=self._path(account_id),
-                    mount_point=self._mount,
-                    raise_on_deleted_version=False,
-                ),
-                missing_ok=True,
-            )
-        except _Missing:
+        response = self._read_version(account_id, raise_on_deleted=False)
+        if response is None:
             # A destroyed latest version reads as missing but still has a version number.
             return {}, self._current_version(account_id)
         data = response["data"]["data"] or {}

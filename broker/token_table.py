@@ -103,7 +103,7 @@ class TokenTable:
         if outcome.rejected is not None and self._backoff > 0:
             facts.rejected_until = now + self._backoff
             facts.rejection = outcome.rejected
-            # The first rejection tells callers when to come back, as the fail-fast ones do.
+            # The first rejection carries Retry-After, as the fail-fast ones that follow it do.
             outcome.rejected.retry_after = self._backoff
         elif outcome.token is not None:
             facts.rejected_until = 0.0

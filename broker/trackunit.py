@@ -1,6 +1,6 @@
 """Client for Trackunit's OAuth 2.0 client-credentials endpoint (`apptoken`).
 
-One POST per attempt, form-encoded as RFC 6749 section 4.4 describes. 5xx answers,
+One POST per attempt, form-encoded as RFC 6749 section 4.4 describes. 5xx responses,
 429 and connection failures are retried at most TRACKUNIT_MAX_RETRIES times with
 exponential backoff, honouring a Retry-After of up to TRACKUNIT_MAX_RETRY_AFTER seconds.
 OAuth errors (400/401) and timeouts are not retried: the first means the credentials or

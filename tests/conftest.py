@@ -173,7 +173,7 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def trackunit() -> requests_mock.Adapter:
-    """requests-mock adapter that answers for Trackunit's token endpoint. Vault stays real."""
+    """requests-mock adapter that serves Trackunit's token endpoint. Vault stays real."""
     return requests_mock.Adapter()
 
 
@@ -199,7 +199,7 @@ def make_app(clock, sleeps, http_session, background):
     """Build an app from settings with the fake clock, recorded sleeps and requests-mock.
 
     Background refreshes queue on `background` instead of running, so upstream call
-    counts only change when a test says so.
+    counts only change when a test runs them.
     """
 
     def build(settings, **overrides):

@@ -301,7 +301,7 @@ def test_thousand_requests_survive_vault_restart(bao, standin, start_service):
         with lock:
             completed_at_stop.append(completed)
         vault_stopped.set()
-        # Keep Vault down while 200 requests are answered, then bring it back.
+        # Keep Vault down while 200 requests complete, then bring it back.
         downtime_served.wait(60)
         bao.start()
 
